@@ -1,0 +1,69 @@
+"""vitcompress: make pretrained timm vision transformers smaller and faster.
+
+Public verbs (each returns a new module and leaves its input untouched):
+    multiplex(model, MultiplexConfig)   MiniViT weight multiplexing
+    profile(model, input_size)          params and MACs (attention matmuls counted)
+    save(model, dir) / load(dir)        safetensors + JSON architecture spec
+
+Attributes are imported on first use, so `import vitcompress` stays cheap (no timm, no torch import).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "multiplex": "vitcompress.multiplex.build",
+    "MultiplexConfig": "vitcompress.multiplex.config",
+    "DistillConfig": "vitcompress.multiplex.distill_config",
+    "DistillationObjective": "vitcompress.multiplex.objective",
+    "profile": "vitcompress.metrics.profile",
+    "Profile": "vitcompress.metrics.profile",
+    "count_params": "vitcompress.metrics.params",
+    "count_macs": "vitcompress.metrics.macs",
+    "measure_latency": "vitcompress.metrics.latency",
+    "evaluate": "vitcompress.metrics.accuracy",
+    "save": "vitcompress.export.io",
+    "load": "vitcompress.export.io",
+    "build_loaders": "vitcompress.data",
+    "TrainConfig": "vitcompress.train.config",
+    "fit": "vitcompress.train.loop",
+    "VitCompressError": "vitcompress.errors",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        module = importlib.import_module(_EXPORTS[name])
+        # `multiplex` is also a subpackage, which that import just bound here; the package is callable as the
+        # verb, and keeping it (not the function) keeps `import vitcompress.multiplex as m` working too.
+        value = globals().get(name) or getattr(module, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'vitcompress' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)
+
+
+if TYPE_CHECKING:  # pragma: no cover
+    from vitcompress.data import build_loaders
+    from vitcompress.errors import VitCompressError
+    from vitcompress.export.io import load, save
+    from vitcompress.metrics.accuracy import evaluate
+    from vitcompress.metrics.latency import measure_latency
+    from vitcompress.metrics.macs import count_macs
+    from vitcompress.metrics.params import count_params
+    from vitcompress.metrics.profile import Profile, profile
+    from vitcompress.multiplex.build import multiplex
+    from vitcompress.multiplex.config import MultiplexConfig
+    from vitcompress.multiplex.distill_config import DistillConfig
+    from vitcompress.multiplex.objective import DistillationObjective
+    from vitcompress.train.config import TrainConfig
+    from vitcompress.train.loop import fit

@@ -1,0 +1,67 @@
+"""Pieces every job shares: data for a model, head/class checks, profiling rows."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from vitcompress.data import DataInfo, build_loaders
+from vitcompress.errors import VitCompressError
+from vitcompress.metrics import count_macs, count_params, measure_latency
+from vitcompress.metrics._checks import fixed_input_size
+from vitcompress.report import model_row
+
+
+def input_size_of(model: nn.Module) -> tuple[int, int, int]:
+    size = fixed_input_size(model)
+    if size is None:
+        raise VitCompressError("the model accepts any input size; pass --input-size C H W")
+    return size
+
+
+def loaders_for(
+    model: nn.Module,
+    data: str,
+    extra: dict[str, Any],
+    batch_size: int,
+    workers: int,
+    seed: int,
+    distributed: bool = False,
+):
+    """Loaders at the model's input size, normalised the way the model was trained (if it was saved by us)."""
+    norm = extra.get("data", {})
+    return build_loaders(
+        data,
+        input_size=input_size_of(model),
+        batch_size=batch_size,
+        num_workers=workers,
+        seed=seed,
+        distributed=distributed,
+        mean=norm.get("mean"),
+        std=norm.get("std"),
+    )
+
+
+def check_classes(model: nn.Module, info: DataInfo, ref: str, can_reset: bool) -> None:
+    """Give a fresh timm model the data's number of classes; refuse a trained model whose head does not fit."""
+    if model.num_classes == info.num_classes:
+        return
+    if not can_reset:
+        raise VitCompressError(
+            f"{ref} predicts {model.num_classes} classes but {info.name} has {info.num_classes}; "
+            "use a model trained on this data (or fine-tune one with `vitcompress train`)"
+        )
+    model.reset_classifier(info.num_classes)
+
+
+def describe_row(
+    name: str, model: nn.Module, metrics: dict[str, float], latency: bool, threads: int | None = None
+) -> dict[str, Any]:
+    size = input_size_of(model)
+    latency_ms = measure_latency(model, size, batch_size=1, threads=threads).median_ms if latency else None
+    return model_row(name, count_params(model), count_macs(model, size), metrics, latency_ms)
+
+
+def data_extra(info: DataInfo) -> dict[str, Any]:
+    return {"data": info.to_dict()}
