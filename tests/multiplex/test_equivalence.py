@@ -93,7 +93,8 @@ def test_share1_backward_matches_teacher(make_vit, images):
     student(images).logsumexp(-1).sum().backward()
     for i, blk in enumerate(teacher.blocks):
         shared = student.blocks_shared[i]
-        for name, theirs in (("qkv", blk.attn.qkv), ("proj", blk.attn.proj), ("fc1", blk.mlp.fc1), ("fc2", blk.mlp.fc2)):
+        for name, path in (("qkv", "attn.qkv"), ("proj", "attn.proj"), ("fc1", "mlp.fc1"), ("fc2", "mlp.fc2")):
+            theirs = blk.get_submodule(path)
             assert_close(getattr(shared, name).weight.grad, theirs.weight.grad, msg=f"layer {i} {name}")
         assert_close(student.blocks[i].norm1.weight.grad, blk.norm1.weight.grad)
         assert_close(student.blocks[i].ls2.gamma.grad, blk.ls2.gamma.grad)

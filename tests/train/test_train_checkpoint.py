@@ -51,9 +51,7 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path):
         )
     assert load_checkpoint(tmp_path / "b" / "checkpoint").meta["epoch"] == 1
     resumed = tiny_vit(seed=1)  # a different init: the weights must come from the checkpoint
-    h_resumed = fit(
-        resumed, loader, val, CrossEntropyObjective(), CFG, tmp_path / "b", resume=True, progress=False
-    )
+    h_resumed = fit(resumed, loader, val, CrossEntropyObjective(), CFG, tmp_path / "b", resume=True, progress=False)
 
     assert_close(resumed.state_dict(), straight.state_dict(), rtol=0, atol=0)
     assert_close(h_resumed.ema_model.state_dict(), h_straight.ema_model.state_dict(), rtol=0, atol=0)
@@ -171,9 +169,7 @@ def test_save_is_atomic(tmp_path):
     assert load_checkpoint(path).meta["epoch"] == 1  # the first one is intact ...
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint"]  # ... and no temp dir is left behind
 
-    (
-        tmp_path / ".checkpoint.tmp-999"
-    ).mkdir()  # a writer killed mid-save leaves this; the next save clears it
+    (tmp_path / ".checkpoint.tmp-999").mkdir()  # a writer killed mid-save leaves this; the next save clears it
     # A crash between moving the old checkpoint aside and renaming the new one in still leaves one to load.
     path.rename(tmp_path / ".checkpoint.old")
     assert load_checkpoint(path).meta["epoch"] == 1

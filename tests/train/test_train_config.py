@@ -43,8 +43,6 @@ def test_every_field_has_a_docstring():
     documented = {
         stmt.target.id
         for stmt, nxt in zip(body, body[1:], strict=False)
-        if isinstance(stmt, ast.AnnAssign)
-        and isinstance(nxt, ast.Expr)
-        and isinstance(nxt.value, ast.Constant)
+        if isinstance(stmt, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)
     }
     assert {f.name for f in dataclasses.fields(TrainConfig)} <= documented

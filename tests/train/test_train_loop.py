@@ -16,9 +16,7 @@ FAST = dict(lr=2e-3, min_lr=1e-5, warmup_epochs=0.25, log_every=1)
 
 def test_loss_decreases_on_a_learnable_problem():
     model, loader = tiny_vit(), toy_loader()
-    history = fit(
-        model, loader, loader, CrossEntropyObjective(), TrainConfig(epochs=4, **FAST), None, progress=False
-    )
+    history = fit(model, loader, loader, CrossEntropyObjective(), TrainConfig(epochs=4, **FAST), None, progress=False)
     losses = history.series("loss")
     assert len(losses) == 4 and losses[-1] < 0.8 * losses[0]
     assert history.series("val_loss")[-1] < history.series("val_loss")[0]

@@ -35,11 +35,18 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _atomic_write(target: Path, write) -> None:
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it owner-only; a saved model is an ordinary file
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -55,6 +62,10 @@ def save(model: nn.Module, path: str | Path, extra: dict[str, Any] | None = None
     if path.exists() and not path.is_dir():
         raise VitCompressError(f"{path} is a file; pass a directory path to save the model into")
     spec = get_spec(model)  # before touching the disk: an undescribable model writes nothing
+    try:
+        json.dumps(extra or {})
+    except (TypeError, ValueError) as e:
+        raise VitCompressError(f"extra metadata is not JSON-serialisable ({e}); use plain JSON values") from e
     state = {k: v.detach().to("cpu").contiguous() for k, v in unwrap(model).state_dict().items()}
     path.mkdir(parents=True, exist_ok=True)
     _atomic_write(path / WEIGHTS_FILE, lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"}))
@@ -83,11 +94,22 @@ def read_spec(path: str | Path) -> dict[str, Any]:
         raise VitCompressError(f"{spec_path} is corrupt ({e.__class__.__name__}: {e}); re-save the model") from e
     if not isinstance(doc, dict) or doc.get("format") != FORMAT or "spec" not in doc:
         raise VitCompressError(f"{spec_path} is not a vitcompress spec; re-save the model with vitcompress")
-    if doc.get("format_version", 0) > FORMAT_VERSION:
+    version = doc.get("format_version")
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise VitCompressError(f"{spec_path} has no valid format_version; re-save the model with vitcompress")
+    if version > FORMAT_VERSION:
         raise VitCompressError(
-            f"{spec_path} has format version {doc['format_version']}, newer than this vitcompress reads "
+            f"{spec_path} has format version {version}, newer than this vitcompress reads "
             f"({FORMAT_VERSION}); upgrade vitcompress"
         )
+    weights = doc.get("weights")
+    if (
+        not isinstance(weights, dict)
+        or not isinstance(weights.get("sha256"), str)
+        or not isinstance(weights.get("file"), str)
+        or Path(weights["file"]).name != weights["file"]  # a file next to spec.json, never elsewhere
+    ):
+        raise VitCompressError(f"{spec_path} has no valid 'weights' entry; re-save the model")
     return doc
 
 
@@ -104,7 +126,15 @@ def load(path: str | Path, device: torch.device | str = "cpu") -> nn.Module:
         state = load_file(str(weights))
     except (SafetensorError, OSError) as e:
         raise VitCompressError(f"{weights} cannot be read ({e}); re-save the model") from e
-    model = build_from_spec(doc["spec"])
+    try:
+        model = build_from_spec(doc["spec"])
+    except VitCompressError:
+        raise
+    except (AttributeError, KeyError, TypeError, ValueError) as e:  # a hand-edited or foreign spec
+        raise VitCompressError(
+            f"{path / SPEC_FILE} does not describe a model vitcompress can build "
+            f"({e.__class__.__name__}: {e}); re-save the model"
+        ) from e
     load_state_dict_strict(model, state, source=str(weights))
     return model.to(device).eval()
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Sequence
 
 import torch
 from torch import nn
-from torch.utils.benchmark import Timer
 
 from vitcompress.errors import VitCompressError
 from vitcompress.metrics._checks import (
@@ -85,7 +85,7 @@ def measure_latency(
             for _ in range(warmup):
                 model(images)
             scope = {"model": model, "images": images}
-            timer = Timer(stmt="model(images)", globals=scope, num_threads=threads)
+            timer = _timer_class()(stmt="model(images)", globals=scope, num_threads=threads)
             measurement = timer.blocked_autorange(min_run_time=min_run_time)
     finally:
         torch.set_num_threads(previous_threads)
@@ -95,3 +95,15 @@ def measure_latency(
         batch_size=batch_size,
         threads=threads,
     )
+
+
+def _timer_class():
+    """`torch.utils.benchmark.Timer`, imported on first use.
+
+    Importing it loads torch.utils.cpp_extension, which on a CUDA build of torch without a CUDA runtime logs a
+    "No CUDA runtime is found" warning that means nothing for a CPU timing; that logger is quietened.
+    """
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    from torch.utils.benchmark import Timer
+
+    return Timer

@@ -21,6 +21,7 @@ SPEC_ATTR = "vitcompress_spec"
 # family -> (describe, build); resolved lazily so importing vitcompress stays cheap.
 _FAMILIES = {
     "vit": ("vitcompress.models.vit", "is_vit", "describe_vit", "build_vit"),
+    "swin": ("vitcompress.models.swin", "is_swin", "describe_swin", "build_swin"),
 }
 # step kind -> function(model, step) -> model that redoes the structural change.
 _STEPS = {

@@ -1,8 +1,9 @@
-"""`multiplex`: turn a timm ViT/DeiT into its weight-multiplexed student (MiniViT)."""
+"""`multiplex`: turn a timm ViT/DeiT or Swin into its weight-multiplexed student (MiniViT, Mini-Swin)."""
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from typing import Any
 
 from torch import nn
@@ -30,11 +31,7 @@ def multiplex(model: nn.Module, config: MultiplexConfig | None = None) -> nn.Mod
     model = unwrap(model)
     if any(step["kind"] == "multiplex" for step in get_spec(model)["steps"]):
         raise VitCompressError("this model is already multiplexed; multiplex the original model instead")
-    family = family_of(model)
-    if family == "vit":
-        student, groups = _multiplex_vit(model, config)
-    else:  # pragma: no cover - each family registers its builder here
-        raise VitCompressError(f"multiplexing is not supported for the {family} family yet")
+    student, groups = _builder(family_of(model))(model, config)
     step: dict[str, Any] = {"kind": "multiplex", "config": config.to_dict(), "groups": groups}
     return with_step(model, student, step)
 
@@ -43,8 +40,18 @@ def rebuild_multiplexed(model: nn.Module, step: dict[str, Any]) -> nn.Module:
     """Redo a recorded multiplex step on a freshly built base (weights are loaded afterwards)."""
     config = MultiplexConfig.from_dict(step["config"])
     config.groups = step["groups"]
-    student, _ = _multiplex_vit(model, config)
+    student, _ = _builder(family_of(model))(model, config)
     return student
+
+
+def _builder(family: str) -> Callable[[nn.Module, MultiplexConfig], tuple[nn.Module, list[list[int]]]]:
+    if family == "vit":
+        return _multiplex_vit
+    if family == "swin":
+        from vitcompress.multiplex.swin import multiplex_swin
+
+        return multiplex_swin
+    raise VitCompressError(f"multiplexing is not supported for the {family} family yet")  # pragma: no cover
 
 
 def _multiplex_vit(teacher: nn.Module, config: MultiplexConfig) -> tuple[nn.Module, list[list[int]]]:

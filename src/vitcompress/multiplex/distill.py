@@ -2,6 +2,8 @@
 
 Activations are read through forward hooks on modules both timm's Attention and ours have (`q_norm`, `k_norm`,
 V from `v_tap` or timm's `qkv` output, block outputs), so any timm ViT/DeiT teacher works with any student.
+Swin: timm's WindowAttention has no q/k-norm, so Q, K and V are all read from its `qkv` output; either way they
+arrive per window, (B·nW, heads, window area, head_dim), and relations are computed within each window.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from vitcompress.errors import VitCompressError
-from vitcompress.models.layers import transformer_layers
+from vitcompress.models.layers import head_dim, transformer_layers
 
 
 class ActivationRecorder:
@@ -28,18 +30,22 @@ class ActivationRecorder:
         for i in attn_layers:
             attn = layers[i].attn
             self.qkv[i] = {}
-            self._hook(attn.q_norm, lambda out, i=i: self._put_qkv(i, "q", out))
-            self._hook(attn.k_norm, lambda out, i=i: self._put_qkv(i, "k", out))
-            if hasattr(attn, "v_tap"):
-                self._hook(attn.v_tap, lambda out, i=i: self._put_qkv(i, "v", out))
-            else:  # timm Attention: V is the last third of the fused qkv projection
-                heads, head_dim = attn.num_heads, attn.head_dim
+            taps = {"q": getattr(attn, "q_norm", None), "k": getattr(attn, "k_norm", None),
+                    "v": getattr(attn, "v_tap", None)}
+            for name, tap in taps.items():
+                if tap is not None:
+                    self._hook(tap, lambda out, i=i, name=name: self._put_qkv(i, name, out))
+            # The others are thirds of the fused qkv output: V of timm's Attention, all of Swin's WindowAttention.
+            rest = tuple(name for name, tap in taps.items() if tap is None)
+            if rest:
+                heads, dim = attn.num_heads, head_dim(attn)
 
-                def take_v(out: Tensor, i: int = i, h: int = heads, d: int = head_dim) -> None:
-                    v = out.unflatten(-1, (3, h, d)).select(-3, 2)  # (..., N, H, d)
-                    self._put_qkv(i, "v", v.movedim(-2, -3))
+                def take(out: Tensor, i: int = i, h: int = heads, d: int = dim, names: tuple = rest) -> None:
+                    parts = out.unflatten(-1, (3, h, d))  # (..., N, 3, H, d)
+                    for name in names:
+                        self._put_qkv(i, name, parts.select(-3, "qkv".index(name)).movedim(-2, -3))
 
-                self._hook(attn.qkv, take_v)
+                self._hook(attn.qkv, take)
         for i in hidden_layers:
             self._hook(layers[i], lambda out, i=i: self.hidden.__setitem__(i, out))
 

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vitcompress.errors import VitCompressError
-from vitcompress.models.layers import num_prefix_tokens, transformer_layers
+from vitcompress.models.layers import head_dim, num_prefix_tokens, transformer_layers, window_layout
 from vitcompress.models.spec import unwrap
 from vitcompress.multiplex.distill import (
     ActivationRecorder,
@@ -20,7 +20,7 @@ from vitcompress.multiplex.distill_config import DistillConfig
 
 
 def _attn_width(layer: nn.Module) -> int:
-    return layer.attn.num_heads * layer.attn.head_dim
+    return layer.attn.num_heads * head_dim(layer.attn)
 
 
 class DistillationObjective:
@@ -53,6 +53,13 @@ class DistillationObjective:
             self.hidden_pairs = layer_pairs(config.hidden_layers, len(s_layers), len(t_layers))
         self.heads = config.relation_heads or s_layers[0].attn.num_heads
         for s, t in self.attn_pairs:
+            # Swin relations are per window: both sides must cut the map into the same windows, shifted alike.
+            if window_layout(s_layers[s]) != window_layout(t_layers[t]):
+                raise VitCompressError(
+                    f"attention pair [{s}, {t}]: student and teacher layers use different windows "
+                    f"(resolution, window, shift: {window_layout(s_layers[s])} vs {window_layout(t_layers[t])}); "
+                    "pair layers of the same stage position, shifted with shifted (e.g. odd with odd)"
+                )
             for who, width in (("student", _attn_width(s_layers[s])), ("teacher", _attn_width(t_layers[t]))):
                 if width % self.heads:
                     raise VitCompressError(

@@ -1,0 +1,87 @@
+"""Shared by the benchmark scripts: the machine they ran on, and one named section of BENCHMARKS.md.
+
+Each benchmark owns one section between `<!-- begin:NAME -->` and `<!-- end:NAME -->`; rewriting it leaves the
+other sections untouched, so benchmarks (multiplexing, slimming, Swin, ...) can be rerun independently.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import re
+import tempfile
+from pathlib import Path
+
+HEADER = (
+    "# Benchmarks\n\n"
+    "Every section below is written by a script in `benchmarks/`, with the command that reproduces it at its top.\n"
+    "Numbers are measured, never edited by hand: rerun the script to refresh a section.\n"
+)
+
+
+def cpu_model() -> str:
+    """The CPU's marketing name from /proc/cpuinfo (Linux), else what `platform` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (the affinity mask, which containers narrow), else the machine's count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def machine() -> dict[str, str]:
+    """What a reader needs to compare timings: CPU, cores, OS, Python/torch/timm versions and the date."""
+    import timm
+    import torch
+
+    return {
+        "CPU": cpu_model(),
+        "cores": str(usable_cores()),
+        "OS": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+
+
+def machine_markdown(info: dict[str, str] | None = None) -> str:
+    """`machine()` as one Markdown line."""
+    info = info or machine()
+    return "Machine: " + " | ".join(f"{k} {v}" for k, v in info.items())
+
+
+def write_section(path: str | Path, name: str, body: str) -> Path:
+    """Write `body` as section `name` of the Markdown file `path`, replacing that section if it is there.
+
+    The file is created (with a short header) if missing; the new section is appended if the file has no
+    section of that name. The write is atomic, so an interrupted benchmark never leaves half a file.
+    """
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+        raise ValueError(f"section name {name!r} must be letters, digits, '.', '_' or '-'")
+    path = Path(path)
+    begin, end = f"<!-- begin:{name} -->", f"<!-- end:{name} -->"
+    block = f"{begin}\n{body.strip()}\n{end}"
+    text = path.read_text() if path.exists() else HEADER
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), flags=re.DOTALL)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: block, text, count=1)
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,166 @@
+"""Adapter for timm's SwinTransformer family (Swin-T/S/B/L, S3, any image or window size).
+
+As for ViT, a plain model is described by its registered architecture name plus the constructor arguments read
+back from its modules, checked by rebuilding it on the meta device. timm 1.0 layout: `layers[i]` is a stage that
+starts with its PatchMerging `downsample` (Identity in stage 0) and carries its `blocks` as (B, H, W, C) maps.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import timm
+import torch
+from timm.layers import PatchEmbed
+from timm.models.swin_transformer import (
+    SwinTransformer,
+    SwinTransformerBlock,
+    SwinTransformerStage,
+    WindowAttention,
+    window_partition,
+)
+from torch import nn
+
+from vitcompress.errors import VitCompressError
+from vitcompress.models.layers import head_dim, window_layout
+
+FAMILY = "swin"
+
+
+def is_swin(model: nn.Module) -> bool:
+    return isinstance(model, SwinTransformer)
+
+
+def check_plain_swin(model: SwinTransformer) -> None:
+    """Refuse layer variants our surgeries do not model (custom stages, blocks, attention or norms)."""
+    if type(model.patch_embed) is not PatchEmbed:
+        raise VitCompressError(f"patch_embed is {type(model.patch_embed).__name__}; vitcompress needs timm's PatchEmbed")
+    for s, stage in enumerate(model.layers):
+        if type(stage) is not SwinTransformerStage:
+            raise VitCompressError(f"stage {s} is {type(stage).__name__}, not timm's SwinTransformerStage")
+        for b, blk in enumerate(stage.blocks):
+            if type(blk) is not SwinTransformerBlock or type(blk.attn) is not WindowAttention:
+                raise VitCompressError(
+                    f"stage {s} block {b} is {type(blk).__name__}/{type(getattr(blk, 'attn', None)).__name__}; "
+                    "vitcompress supports timm's SwinTransformerBlock with WindowAttention"
+                )
+            if type(blk.norm1) is not nn.LayerNorm or type(blk.norm2) is not nn.LayerNorm:
+                raise VitCompressError(f"stage {s} block {b} uses {type(blk.norm1).__name__}; only LayerNorm is supported")
+
+
+def stage_depths(model: SwinTransformer) -> list[int]:
+    return [len(stage.blocks) for stage in model.layers]
+
+
+def _per_stage(values: list[Any]) -> Any:
+    """One value if every stage has it, else the per-stage list (the forms timm's constructor accepts)."""
+    return values[0] if all(v == values[0] for v in values) else values
+
+
+def _drop_prob(module: nn.Module) -> float:
+    return float(getattr(module, "drop_prob", 0.0))
+
+
+def describe_swin(model: SwinTransformer) -> dict[str, Any]:
+    """Constructor arguments that rebuild `model`'s architecture with `timm.create_model`.
+
+    Window sizes are the ones in use, per stage: timm shrinks a window to a stage's resolution when it is larger
+    (and then drops the shift), so a model rebuilt from them has the same windows, shifts and bias tables.
+    """
+    arch = (getattr(model, "pretrained_cfg", None) or {}).get("architecture")
+    if not arch:
+        raise VitCompressError(
+            "this SwinTransformer has no registered architecture name; create it with "
+            "timm.create_model('<name>', ...) so vitcompress can rebuild it"
+        )
+    check_plain_swin(model)
+    firsts = [stage.blocks[0] for stage in model.layers]
+    dims = [blk.dim for blk in firsts]
+    heads = [blk.attn.num_heads for blk in firsts]
+    head_dims = [head_dim(blk.attn) for blk in firsts]
+    pe = model.patch_embed
+    last = model.layers[-1].blocks[-1]
+    kwargs: dict[str, Any] = {
+        "img_size": list(pe.img_size) if pe.img_size is not None else None,
+        "patch_size": list(pe.patch_size),
+        "in_chans": pe.proj.in_channels,
+        "num_classes": model.num_classes,
+        "global_pool": model.global_pool,
+        "embed_dim": model.embed_dim,
+        "depths": stage_depths(model),
+        "num_heads": heads,
+        "head_dim": None if all(h * d == c for h, d, c in zip(heads, head_dims, dims, strict=True)) else head_dims,
+        "window_size": _per_stage([list(blk.window_size) for blk in firsts]),
+        "always_partition": bool(firsts[0].always_partition),
+        "strict_img_size": bool(pe.strict_img_size),
+        "mlp_ratio": _per_stage([blk.mlp.fc1.out_features / blk.dim for blk in firsts]),
+        "qkv_bias": firsts[0].attn.qkv.bias is not None,
+        "drop_rate": float(model.head.drop.p),
+        "proj_drop_rate": float(firsts[0].attn.proj_drop.p),
+        "attn_drop_rate": float(firsts[0].attn.attn_drop.p),
+        "drop_path_rate": _drop_prob(last.drop_path1),
+    }
+    desc = {"family": FAMILY, "architecture": arch, "kwargs": kwargs}
+    _verify_rebuild(model, desc)
+    return desc
+
+
+def build_swin(desc: dict[str, Any], device: torch.device | str | None = None) -> SwinTransformer:
+    """Rebuild a randomly initialised model from `describe_swin`'s output."""
+    kwargs = dict(desc["kwargs"])
+    for key in ("img_size", "patch_size", "depths", "num_heads", "head_dim", "mlp_ratio"):
+        if isinstance(kwargs.get(key), list):
+            kwargs[key] = tuple(kwargs[key])
+    window = kwargs.get("window_size")
+    if isinstance(window, list):  # (h, w) for all stages, or one (h, w) per stage
+        kwargs["window_size"] = tuple(tuple(w) if isinstance(w, list) else w for w in window)
+    try:
+        model = timm.create_model(desc["architecture"], pretrained=False, **kwargs)
+    except (AssertionError, RuntimeError, TypeError, ValueError) as e:
+        raise VitCompressError(f"cannot rebuild timm model {desc['architecture']!r}: {e}") from e
+    return model.to(device) if device is not None else model
+
+
+def shifted_window_mask(
+    height: int, width: int, window: tuple[int, int], shift: tuple[int, int], device: torch.device | None = None
+) -> torch.Tensor:
+    """Which keys each query of a shifted window may attend to: (num_windows, N, N) bool, True = attend.
+
+    `height`/`width` are the (padded) map size. After the cyclic shift, a window at the border holds tokens from
+    up to four regions that were not neighbours; tokens attend only within their own region (timm's region
+    labelling, as a boolean mask instead of its additive -100).
+    """
+    labels = torch.zeros(1, height, width, 1, device=device)
+    cnt = 0
+    for hs in ((0, -window[0]), (-window[0], -shift[0]), (-shift[0], None)):
+        for ws in ((0, -window[1]), (-window[1], -shift[1]), (-shift[1], None)):
+            labels[:, hs[0]:hs[1], ws[0]:ws[1], :] = cnt
+            cnt += 1
+    windows = window_partition(labels, window).flatten(1)  # (nW, N)
+    return windows.unsqueeze(1) == windows.unsqueeze(2)
+
+
+def padded_size(resolution: tuple[int, int], window: tuple[int, int]) -> tuple[int, int]:
+    return tuple(math.ceil(r / w) * w for r, w in zip(resolution, window, strict=True))
+
+
+def _signature(model: nn.Module) -> list[tuple[Any, ...]]:
+    shapes = [(k, tuple(v.shape)) for k, v in model.state_dict().items()]
+    # Shifts and windows change the forward without changing any shape; compare them too.
+    layouts = [("layout", s, b, *window_layout(blk)) for s, st in enumerate(model.layers)
+               for b, blk in enumerate(st.blocks)]
+    return shapes + layouts
+
+
+def _verify_rebuild(model: nn.Module, desc: dict[str, Any]) -> None:
+    # Built on the meta device: only shapes and window layouts are compared, so even Swin-L costs nothing here.
+    with torch.device("meta"):
+        rebuilt = build_swin(desc)
+    ours, theirs = _signature(model), _signature(rebuilt)
+    if ours != theirs:
+        diff = next((a, b) for a, b in zip(ours + [None], theirs + [None], strict=False) if a != b)
+        raise VitCompressError(
+            f"{desc['architecture']} built with non-standard arguments vitcompress cannot read back "
+            f"(first difference: {diff[0]} vs rebuilt {diff[1]}); please report this model configuration"
+        )
