@@ -109,10 +109,14 @@ def test_distilled_student_learns_the_teacher_heads_in_train_mode(make_vit, imag
     assert parts["kd_logits"] > 1e-3
 
 
-@pytest.mark.parametrize("teacher_variant", ["vit", "reg_tokens"])
-def test_teacher_of_another_width_and_token_layout(make_vit, teacher_variant, images):
+@pytest.mark.parametrize(
+    ("student_variant", "teacher_variant"),
+    [("vit", "vit"), ("vit", "reg_tokens"), ("vit", "deit_distilled"), ("deit_distilled", "vit")],
+    ids=["vit_from_vit", "vit_from_reg_tokens", "vit_from_distilled", "distilled_from_vit"],
+)
+def test_teacher_of_another_width_and_token_layout(make_vit, student_variant, teacher_variant, images):
     teacher = make_vit(teacher_variant, embed_dim=64, num_heads=4, depth=4)
-    student = vc.multiplex(make_vit("vit", seed=5, depth=2), vc.MultiplexConfig(share=2)).train()
+    student = vc.multiplex(make_vit(student_variant, seed=5, depth=2), vc.MultiplexConfig(share=2)).train()
     objective = vc.DistillationObjective(student, teacher, full_config(relation_heads=2))
     loss, parts = objective(student, images, targets())
     loss.backward()

@@ -35,7 +35,9 @@ def is_swin(model: nn.Module) -> bool:
 def check_plain_swin(model: SwinTransformer) -> None:
     """Refuse layer variants our surgeries do not model (custom stages, blocks, attention or norms)."""
     if type(model.patch_embed) is not PatchEmbed:
-        raise VitCompressError(f"patch_embed is {type(model.patch_embed).__name__}; vitcompress needs timm's PatchEmbed")
+        raise VitCompressError(
+            f"patch_embed is {type(model.patch_embed).__name__}; vitcompress needs timm's PatchEmbed"
+        )
     for s, stage in enumerate(model.layers):
         if type(stage) is not SwinTransformerStage:
             raise VitCompressError(f"stage {s} is {type(stage).__name__}, not timm's SwinTransformerStage")
@@ -46,7 +48,9 @@ def check_plain_swin(model: SwinTransformer) -> None:
                     "vitcompress supports timm's SwinTransformerBlock with WindowAttention"
                 )
             if type(blk.norm1) is not nn.LayerNorm or type(blk.norm2) is not nn.LayerNorm:
-                raise VitCompressError(f"stage {s} block {b} uses {type(blk.norm1).__name__}; only LayerNorm is supported")
+                raise VitCompressError(
+                    f"stage {s} block {b} uses {type(blk.norm1).__name__}; only LayerNorm is supported"
+                )
 
 
 def stage_depths(model: SwinTransformer) -> list[int]:
@@ -106,9 +110,11 @@ def describe_swin(model: SwinTransformer) -> dict[str, Any]:
     return desc
 
 
-def build_swin(desc: dict[str, Any], device: torch.device | str | None = None) -> SwinTransformer:
-    """Rebuild a randomly initialised model from `describe_swin`'s output."""
-    kwargs = dict(desc["kwargs"])
+def build_swin(
+    desc: dict[str, Any], device: torch.device | str | None = None, init: bool = True
+) -> SwinTransformer:
+    """Rebuild a randomly initialised model from `describe_swin`'s output (`init=False`: leave weights as allocated)."""
+    kwargs = dict(desc["kwargs"]) | ({} if init else {"weight_init": "skip"})
     for key in ("img_size", "patch_size", "depths", "num_heads", "head_dim", "mlp_ratio"):
         if isinstance(kwargs.get(key), list):
             kwargs[key] = tuple(kwargs[key])
@@ -156,7 +162,7 @@ def _signature(model: nn.Module) -> list[tuple[Any, ...]]:
 def _verify_rebuild(model: nn.Module, desc: dict[str, Any]) -> None:
     # Built on the meta device: only shapes and window layouts are compared, so even Swin-L costs nothing here.
     with torch.device("meta"):
-        rebuilt = build_swin(desc)
+        rebuilt = build_swin(desc, init=False)
     ours, theirs = _signature(model), _signature(rebuilt)
     if ours != theirs:
         diff = next((a, b) for a, b in zip(ours + [None], theirs + [None], strict=False) if a != b)

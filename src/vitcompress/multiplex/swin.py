@@ -7,7 +7,8 @@ official code handed the shifted mask to every layer).
 
 The head mixing sits after the relative-position bias; the shift mask is applied after the pre-softmax mixing
 (a masked key gets -inf whatever the mixing did) and the post-softmax mixing has no bias, so a masked key keeps
-exactly zero attention.
+exactly zero attention. timm adds -100 to masked logits instead (a weight of about e^-100, not 0); with identity
+mixings the two agree to float precision.
 """
 
 from __future__ import annotations
@@ -32,7 +33,12 @@ class SwinSharedWeights(SharedWeights):
     """A group's linear layers plus its relative-position bias table ((2Wh-1)(2Ww-1), heads)."""
 
     def __init__(
-        self, qkv: nn.Linear, proj: nn.Linear, fc1: nn.Linear, fc2: nn.Linear, relative_position_bias_table: nn.Parameter
+        self,
+        qkv: nn.Linear,
+        proj: nn.Linear,
+        fc1: nn.Linear,
+        fc2: nn.Linear,
+        relative_position_bias_table: nn.Parameter,
     ) -> None:
         super().__init__(qkv, proj, fc1, fc2)
         # Same name as timm's, so `no_weight_decay()` (a substring match on parameter names) still finds it.
