@@ -2,6 +2,7 @@
 
 Public verbs (each returns a new module and leaves its input untouched):
     multiplex(model, MultiplexConfig)   MiniViT weight multiplexing
+    attach_masks(model, SlimConfig)     ViT-Slim soft masks; then select(masked, macs=0.6) -> extract(masked, sel)
     profile(model, input_size)          params and MACs (attention matmuls counted)
     save(model, dir) / load(dir)        safetensors + JSON architecture spec
 
@@ -32,6 +33,14 @@ _EXPORTS = {
     "TrainConfig": "vitcompress.train.config",
     "fit": "vitcompress.train.loop",
     "VitCompressError": "vitcompress.errors",
+    "attach_masks": "vitcompress.slim.attach",
+    "SlimConfig": "vitcompress.slim.config",
+    "SparsityConfig": "vitcompress.slim.config",
+    "SlimObjective": "vitcompress.slim.sparsity",
+    "select": "vitcompress.slim.solver",
+    "Selection": "vitcompress.slim.selection",
+    "binarize": "vitcompress.slim.extraction",
+    "extract": "vitcompress.slim.extraction",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -65,5 +74,11 @@ if TYPE_CHECKING:  # pragma: no cover
     from vitcompress.multiplex.config import MultiplexConfig
     from vitcompress.multiplex.distill_config import DistillConfig
     from vitcompress.multiplex.objective import DistillationObjective
+    from vitcompress.slim.attach import attach_masks
+    from vitcompress.slim.config import SlimConfig, SparsityConfig
+    from vitcompress.slim.extraction import binarize, extract
+    from vitcompress.slim.selection import Selection
+    from vitcompress.slim.solver import select
+    from vitcompress.slim.sparsity import SlimObjective
     from vitcompress.train.config import TrainConfig
     from vitcompress.train.loop import fit

@@ -42,6 +42,7 @@ def _add_run(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from vitcompress.multiplex.config import MultiplexConfig
     from vitcompress.multiplex.distill_config import DistillConfig
+    from vitcompress.slim.config import SlimConfig, SparsityConfig
     from vitcompress.train.config import TrainConfig
 
     parser = argparse.ArgumentParser(prog="vitcompress", description=__doc__)
@@ -62,6 +63,41 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run(p)
     add_config_args(p, MultiplexConfig, "multiplexing")
     add_config_args(p, DistillConfig, "distillation")
+    add_config_args(p, TrainConfig, "training")
+
+    p = sub.add_parser("slim", help="ViT-Slim: search soft masks, then extract any budget from the search")
+    slim = p.add_subparsers(dest="slim_command", required=True)
+    p = slim.add_parser("search", help="train masks and weights with the sparsity loss; write the budget curve")
+    _add_model(p, "--model", "the model to slim: timm name, saved model directory, or checkpoint file")
+    p.add_argument("--kd-alpha", type=float, help="logit KD from the unmasked original: (1-a)*CE + a*KL (default: 0)")
+    p.add_argument("--temperature", type=float, help="KD softmax temperature (default: 1)")
+    p.add_argument("--curve-points", type=int, help="budget-curve points from share 1 to 0 (default: 21)")
+    _add_data(p)
+    _add_run(p)
+    add_config_args(p, SlimConfig, "masks")
+    add_config_args(p, SparsityConfig, "sparsity")
+    add_config_args(p, TrainConfig, "training")
+
+    p = slim.add_parser("extract", help="select a budget from a search and save the physically smaller model")
+    p.add_argument("--search", required=True, help="output directory of `vitcompress slim search`")
+    budget = p.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--macs", type=float, help="target MACs as a fraction of the original, e.g. 0.6")
+    budget.add_argument("--params", type=float, help="target params as a fraction of the original, e.g. 0.6")
+    budget.add_argument("--dims", nargs="+", metavar="TYPE=SHARE",
+                        help="share each mask type keeps, e.g. attn=0.7 mlp=0.7 tokens=0.9")
+    p.add_argument("--mode", choices=["share", "joint"], default="share",
+                   help="for --macs/--params: the same share for every mask type, or one joint threshold")
+    p.add_argument("--latency", action="store_true", help="also time original and extracted on CPU (batch 1, 32)")
+    p.add_argument("-o", "--out", required=True, help="output directory for the extracted model")
+
+    p = sub.add_parser("finetune", help="retrain a saved (e.g. extracted) model: CE + optional logit KD")
+    p.add_argument("--model", help="saved model directory (e.g. from `vitcompress slim extract`)")
+    p.add_argument("--kd-teacher", help="distil logits from this model (e.g. the original): saved dir or name")
+    p.add_argument("--kd-alpha", type=float, help="(1-a)*CE + a*KL with --kd-teacher (default: 0.5)")
+    p.add_argument("--temperature", type=float, help="KD softmax temperature (default: 1)")
+    p.add_argument("--latency", action="store_true", default=None, help="also time the models on CPU")
+    _add_data(p)
+    _add_run(p)
     add_config_args(p, TrainConfig, "training")
 
     p = sub.add_parser("eval", help="top-1/top-5 of a model on a dataset's validation split")
@@ -103,6 +139,22 @@ def _model_args(value: Any) -> dict[str, Any] | None:
     return value if isinstance(value, dict) or value is None else parse_model_args(value)
 
 
+def _parse_dims(items: list[str] | None) -> dict[str, float] | None:
+    """["attn=0.7", "mlp=0.7"] -> {"attn": 0.7, "mlp": 0.7}."""
+    if items is None:
+        return None
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        try:
+            out[key.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not key:
+            raise VitCompressError(f"--dims {item!r} is not TYPE=SHARE; write e.g. --dims attn=0.7 mlp=0.7")
+    return out
+
+
 def _fields(*classes) -> set[str]:
     return {f.name for cls in classes for f in dataclasses.fields(cls)}
 
@@ -133,9 +185,39 @@ def run(argv: list[str] | None = None) -> Any:
         print(" | ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in result.items()))
         return result
 
+    if args.command == "slim" and args.slim_command == "extract":
+        from vitcompress.jobs.slim import extract_job
+
+        result = extract_job(args.search, args.out, macs=args.macs, params=args.params,
+                             dims=_parse_dims(args.dims), mode=args.mode, latency=args.latency)
+        print((Path(args.out) / "report.md").read_text())
+        return result
+
     recipe = load_recipe(args.config)
     run_opts = {"out": None, "resume": False}
-    if args.command == "train":
+    if args.command == "slim":
+        from vitcompress.jobs.slim import search_job
+        from vitcompress.slim.config import SlimConfig, SparsityConfig
+
+        model_key = "model"
+        job_opts = {"kd_alpha": 0.0, "temperature": 1.0, "curve_points": 21}
+        _check_recipe(recipe, _fields(TrainConfig, SlimConfig, SparsityConfig) | set(DATA_OPTS) | set(MODEL_OPTS)
+                      | set(run_opts) | set(job_opts) | {"model"}, args.config)
+        slim, sparsity = config_from_args(SlimConfig, args, recipe), config_from_args(SparsityConfig, args, recipe)
+        train = config_from_args(TrainConfig, args, recipe)
+        opts = _job_opts(args, recipe, {**DATA_OPTS, **MODEL_OPTS, **run_opts, **job_opts, model_key: None})
+        job = lambda o: search_job(slim=slim, sparsity=sparsity, train=train, progress=not args.no_progress, **o)
+    elif args.command == "finetune":
+        from vitcompress.jobs.slim import finetune_job
+
+        model_key = "model"
+        job_opts = {"kd_teacher": None, "kd_alpha": 0.5, "temperature": 1.0, "latency": False}
+        _check_recipe(recipe, _fields(TrainConfig) | set(DATA_OPTS) | set(run_opts) | set(job_opts) | {"model"},
+                      args.config)
+        train = config_from_args(TrainConfig, args, recipe)
+        opts = _job_opts(args, recipe, {**DATA_OPTS, **run_opts, **job_opts, model_key: None})
+        job = lambda o: finetune_job(train=train, progress=not args.no_progress, **o)
+    elif args.command == "train":
         from vitcompress.jobs.train import train_job
 
         model_key = "model"
@@ -162,7 +244,8 @@ def run(argv: list[str] | None = None) -> Any:
         raise VitCompressError(f"no model given; pass --{model_key} <timm name | saved dir | checkpoint>")
     if opts["out"] is None:
         raise VitCompressError("no output directory given; pass -o <dir>")
-    opts["model_args"] = _model_args(opts["model_args"])
+    if "model_args" in opts:
+        opts["model_args"] = _model_args(opts["model_args"])
     report = job(opts)
     if report:
         print((Path(opts["out"]) / "report.md").read_text())

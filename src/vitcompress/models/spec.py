@@ -26,6 +26,8 @@ _FAMILIES = {
 # step kind -> function(model, step) -> model that redoes the structural change.
 _STEPS = {
     "multiplex": "vitcompress.multiplex.build:rebuild_multiplexed",
+    "slim_masks": "vitcompress.slim.attach:rebuild_masked",
+    "slim": "vitcompress.slim.extraction:rebuild_slim",
 }
 
 

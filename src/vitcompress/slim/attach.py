@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import torch
 from torch import nn
 
 from vitcompress.errors import VitCompressError
@@ -38,7 +39,8 @@ def attach_masks(model: nn.Module, config: SlimConfig | None = None) -> nn.Modul
     if MASKS_STEP in kinds or SLIM_STEP in kinds:
         raise VitCompressError("this model is already masked or slimmed; attach masks to the original model")
     check_supported(model, config)
-    masked = _attach(copy.deepcopy(model), config)
+    # A masked model is for training (masks and weights together), even if `model` was frozen.
+    masked = _attach(copy.deepcopy(model), config).train(model.training).requires_grad_(True)
     return with_step(model, masked, {"kind": MASKS_STEP, "config": config.to_dict()})
 
 
@@ -58,6 +60,22 @@ def is_per_head(model: nn.Module) -> bool:
     return not isinstance(unwrap(model).blocks[0].attn.q_norm, nn.Identity)
 
 
+def mask_tensors(model: nn.Module) -> dict[str, list[torch.Tensor]]:
+    """The mask parameters of a masked model: attn/mlp per owner (layer or group), token θ per layer."""
+    model = unwrap(model)
+    shared = getattr(model, "blocks_shared", None)
+    owners_attn = [w.dim_mask for w in shared] if shared is not None else [b.attn.dim_mask for b in model.blocks]
+    owners_mlp = [w.hidden_mask for w in shared] if shared is not None else [b.mlp.hidden_mask for b in model.blocks]
+    out: dict[str, list[torch.Tensor]] = {}
+    if owners_attn[0] is not None:
+        out["attn"] = owners_attn
+    if owners_mlp[0] is not None:
+        out["mlp"] = owners_mlp
+    if model.blocks[0].token_mask is not None:
+        out["tokens"] = [b.token_mask for b in model.blocks]
+    return out
+
+
 def check_supported(model: nn.Module, config: SlimConfig) -> None:
     for i, blk in enumerate(model.blocks):
         kind = type(blk).__name__
@@ -67,6 +85,8 @@ def check_supported(model: nn.Module, config: SlimConfig) -> None:
                 f"block {i} is {kind}/{type(blk.attn).__name__}; ViT-Slim masks support timm's Block/Attention "
                 "and vitcompress's multiplexed blocks"
             )
+        if type(blk.mlp).__name__ not in ("Mlp", "MultiplexedMlp"):
+            raise VitCompressError(f"block {i} has a {type(blk.mlp).__name__} MLP; ViT-Slim masks support timm's Mlp")
         if getattr(blk.attn, "gate", None) is not None:
             raise VitCompressError(f"block {i} uses gated attention, which ViT-Slim masks do not support")
         if config.attn and not isinstance(blk.attn.norm, nn.Identity):
@@ -84,6 +104,8 @@ def check_supported(model: nn.Module, config: SlimConfig) -> None:
                 "token masks cannot be combined with the multiplexed depth-wise-conv MLP transformation, which "
                 "needs the full patch grid; use SlimConfig(tokens=False) or multiplex with mlp_transform=False"
             )
+    if getattr(model, "attn_pool", None) is not None:
+        raise VitCompressError("ViT-Slim does not support attention-pooling (MAP) heads yet")
     if getattr(model, "grad_checkpointing", False):
         raise VitCompressError("turn off gradient checkpointing (model.set_grad_checkpointing(False)) before masking")
     if config.tokens:

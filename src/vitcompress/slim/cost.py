@@ -5,7 +5,7 @@ MACs per image, as `vitcompress.metrics.count_macs` counts them on the extracted
     layer l:    N·C·(3A + A)  qkv + proj          N = prefix + kept patch tokens at layer l
                 2·N²·A        q@kᵀ and attn@v     A = attention dims kept (sum over heads)
                 2·N·C·F       fc1 + fc2           F = MLP hidden units kept
-                2·H²·N²       head mixing (multiplexed attention transformation: both H×H mixes)
+                2·H²·N²       head mixing (multiplexed attention transformation: both H×H mixes; none if A = 0)
                 C·k²·P        depth-wise conv (multiplexed MLP transformation, P = all patches)
 Params: everything but the qkv/proj/fc1/fc2 linears is fixed; a multiplexed group's linears count once.
 """
@@ -120,7 +120,7 @@ def layer_macs(s: Structure, attn_dims: int, hidden: int, tokens: int, layer: in
     """MACs of one layer with `attn_dims` attention dims, `hidden` MLP units and `tokens` kept patch tokens."""
     n, c = s.num_prefix + tokens, s.embed_dim
     macs = 4 * n * c * attn_dims + 2 * n * n * attn_dims + 2 * n * c * hidden
-    if s.head_mix[layer]:
+    if s.head_mix[layer] and attn_dims:  # a layer with no attention dims left skips attention entirely
         macs += 2 * s.num_heads * s.num_heads * n * n
     if s.conv_kernel[layer]:
         macs += c * s.conv_kernel[layer] ** 2 * s.num_patches

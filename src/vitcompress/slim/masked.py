@@ -27,8 +27,9 @@ class MaskedSharedWeights(nn.Module):
     def __init__(self, shared: nn.Module, dim_mask_shape: tuple[int, int] | None, hidden: int | None) -> None:
         super().__init__()
         self.qkv, self.proj, self.fc1, self.fc2 = shared.qkv, shared.proj, shared.fc1, shared.fc2
-        self.dim_mask = nn.Parameter(torch.ones(dim_mask_shape)) if dim_mask_shape else None
-        self.hidden_mask = nn.Parameter(torch.ones(hidden)) if hidden else None
+        device = shared.qkv.weight.device
+        self.dim_mask = nn.Parameter(torch.ones(dim_mask_shape, device=device)) if dim_mask_shape else None
+        self.hidden_mask = nn.Parameter(torch.ones(hidden, device=device)) if hidden else None
 
 
 class MaskedAttention(nn.Module):
@@ -53,7 +54,7 @@ class MaskedAttention(nn.Module):
             self.proj = attn.proj
         self.proj_drop = attn.proj_drop
         shape = (self.num_heads, 1 if per_head else self.head_dim)
-        self.dim_mask = nn.Parameter(torch.ones(shape)) if owns and mask else None
+        self.dim_mask = nn.Parameter(torch.ones(shape, device=attn.qkv.weight.device)) if owns and mask else None
         self.masked = mask
         self._shared: MaskedSharedWeights | None = None
 
@@ -96,7 +97,8 @@ class MaskedMlp(nn.Module):
             self.fc2 = mlp.fc2
         self.drop2 = mlp.drop2
         hidden = mlp.fc1.out_features if owns else None
-        self.hidden_mask = nn.Parameter(torch.ones(hidden)) if owns and mask else None
+        self.hidden_mask = (nn.Parameter(torch.ones(hidden, device=mlp.fc1.weight.device)) if owns and mask
+                            else None)
         self.masked = mask
         self._shared: MaskedSharedWeights | None = None
 
@@ -127,7 +129,9 @@ class MaskedBlock(nn.Module):
         self.mlp = MaskedMlp(block.mlp, mlp)
         self.ls2, self.drop_path2 = block.ls2, block.drop_path2
         self.token_init = token_init
-        self.token_mask = nn.Parameter(torch.full((num_patches,), float(token_init))) if num_patches else None
+        device = block.norm1.weight.device if hasattr(block.norm1, "weight") else None
+        self.token_mask = (nn.Parameter(torch.full((num_patches,), float(token_init), device=device))
+                           if num_patches else None)
 
     def bind(self, shared: MaskedSharedWeights) -> None:
         self.attn.bind(shared)

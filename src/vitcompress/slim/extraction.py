@@ -1,0 +1,145 @@
+"""`binarize` and `extract`: the thresholded masked model, and the physically smaller model equal to it."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from torch import nn
+
+from vitcompress.errors import VitCompressError
+from vitcompress.models.spec import SPEC_ATTR, build_from_spec, get_spec, unwrap
+from vitcompress.slim.attach import MASKS_STEP, SLIM_STEP, is_masked, mask_tensors
+from vitcompress.slim.cost import structure_of
+from vitcompress.slim.pruned import GatheredBlock, PrunedAttention, slice_linear, slice_proj, slice_qkv
+from vitcompress.slim.selection import Selection
+
+MASK_NAMES = ("dim_mask", "hidden_mask", "token_mask")
+
+
+def is_mask_key(key: str) -> bool:
+    return key.rsplit(".", 1)[-1] in MASK_NAMES
+
+
+def _check_selection(selection: Any) -> Selection:
+    if not isinstance(selection, Selection):
+        raise VitCompressError(f"selection is a {type(selection).__name__}; pass the Selection vc.select returns")
+    return selection
+
+
+def binarize(model: nn.Module, selection: Selection) -> nn.Module:
+    """A copy of a masked model whose masks are exactly 1 where `selection` keeps and 0 where it drops.
+
+    Token masks are set through θ: θ_init gives a value of exactly 1, -θ_init exactly 0. The copy computes the
+    same function as `extract(model, selection)`, with the masks still in place (a reference for tests).
+    """
+    selection = _check_selection(selection)
+    model = unwrap(model)
+    if not is_masked(model):
+        raise VitCompressError("binarize needs a masked model from vc.attach_masks")
+    s = structure_of(model)
+    selection.check(s)
+    present = mask_tensors(model)
+    for kind in ("attn", "mlp", "tokens"):
+        if getattr(selection, kind) is not None and kind not in present:
+            raise VitCompressError(f"the selection prunes {kind} but the model has no {kind} masks to set")
+    out = copy.deepcopy(model)
+    masks = mask_tensors(out)
+    first = [s.layers_of(o)[0] for o in range(s.num_owners)]
+    with torch.no_grad():
+        for o, m in enumerate(masks.get("attn", [])):
+            m.fill_(1.0 if selection.attn is None else 0.0)
+            for h, dims in enumerate(selection.attn[first[o]] if selection.attn is not None else []):
+                if dims:
+                    m[h, [0] if s.per_head else dims] = 1.0
+        for o, m in enumerate(masks.get("mlp", [])):
+            m.fill_(1.0 if selection.mlp is None else 0.0)
+            if selection.mlp is not None:
+                m[selection.mlp[first[o]]] = 1.0
+        for i, theta in enumerate(masks.get("tokens", [])):
+            init = out.blocks[i].token_init
+            theta.fill_(init if selection.tokens is None else -init)
+            if selection.tokens is not None:
+                theta[selection.tokens[i]] = init
+    return out
+
+
+def extract(model: nn.Module, selection: Selection) -> nn.Module:
+    """A physically smaller plain model that keeps what `selection` keeps (masks dropped, weights sliced).
+
+    It computes exactly what `binarize(model, selection)` computes, runs timm's forward, and carries a spec
+    (base + any multiplex step + a "slim" step) so `vc.save`/`vc.load` rebuild it without masks or search
+    code. `model` may also be unmasked (plain or multiplexed), to slice it by a hand-made selection.
+    """
+    selection = _check_selection(selection)
+    model = unwrap(model)
+    spec = get_spec(model)
+    if any(step["kind"] == SLIM_STEP for step in spec["steps"]):
+        raise VitCompressError("this model is already slimmed; extract from the masked model instead")
+    selection.check(structure_of(model))
+    base_spec = {"base": spec["base"], "steps": [st for st in spec["steps"] if st["kind"] != MASKS_STEP]}
+    state = {k: v.detach() for k, v in model.state_dict().items() if not is_mask_key(k)}
+    with torch.device("meta"):  # shapes only; the real tensors are assigned next, nothing is initialised
+        plain = build_from_spec(base_spec)
+    plain.load_state_dict(state, strict=True, assign=True)  # keys match: masks only add keys
+    device = next(iter(state.values())).device
+    apply_selection(plain, selection)
+    _unshare(plain, {v.data_ptr() for v in state.values()})
+    for module in plain.modules():  # index buffers made on the default device
+        for name, buf in module._buffers.items():
+            if buf is not None and buf.device != device:
+                module._buffers[name] = buf.to(device)
+    step = {"kind": SLIM_STEP, "selection": selection.to_dict()}
+    setattr(plain, SPEC_ATTR, {"base": base_spec["base"], "steps": [*base_spec["steps"], step]})
+    return plain.train(model.training)
+
+
+def _unshare(model: nn.Module, source: set[int]) -> None:
+    """Copy every tensor still aliasing the source model's (sliced ones are fresh already): copying only what
+    slicing did not is what keeps a new budget's extraction well under a second on DeiT-S."""
+    for module in model.modules():
+        for name, p in module._parameters.items():
+            if p is not None and p.data_ptr() in source:
+                module._parameters[name] = nn.Parameter(p.detach().clone(), requires_grad=p.requires_grad)
+        for name, b in module._buffers.items():
+            if b is not None and b.data_ptr() in source:
+                module._buffers[name] = b.clone()
+
+
+def rebuild_slim(model: nn.Module, step: dict[str, Any]) -> nn.Module:
+    """Redo a recorded slim step on a freshly built model (weights are loaded afterwards)."""
+    apply_selection(model, Selection.from_dict(step["selection"]))
+    return model
+
+
+def apply_selection(model: nn.Module, selection: Selection) -> None:
+    """Slice an unmasked (plain or multiplexed) ViT in place to the widths and tokens `selection` keeps."""
+    s = structure_of(model)
+    selection.check(s)
+    shared = getattr(model, "blocks_shared", None)
+    first = [s.layers_of(o)[0] for o in range(s.num_owners)]
+    blocks = list(model.blocks)
+    if shared is not None:
+        for o, w in enumerate(shared):
+            if selection.attn is not None:
+                kept = selection.attn[first[o]]
+                w.qkv, w.proj = slice_qkv(w.qkv, kept, s.head_dim), slice_proj(w.proj, kept, s.head_dim)
+            if selection.mlp is not None:
+                kept = selection.mlp[first[o]]
+                w.fc1, w.fc2 = slice_linear(w.fc1, out_index=kept), slice_linear(w.fc2, in_index=kept)
+    for i, blk in enumerate(blocks):
+        if selection.attn is not None:
+            blk.attn = PrunedAttention(blk.attn, selection.attn[i])
+        if selection.mlp is not None and shared is None:
+            kept = selection.mlp[i]
+            blk.mlp.fc1 = slice_linear(blk.mlp.fc1, out_index=kept)
+            blk.mlp.fc2 = slice_linear(blk.mlp.fc2, in_index=kept)
+    if selection.tokens is not None:
+        prefix = list(range(s.num_prefix))
+        position = {j: j for j in range(s.num_patches)}  # patch -> index among the tokens entering the layer
+        for i, kept in enumerate(selection.tokens):
+            if len(kept) < len(position):
+                blocks[i] = GatheredBlock(blocks[i], prefix + [s.num_prefix + position[j] for j in kept])
+                position = {j: n for n, j in enumerate(kept)}
+        model.blocks = nn.Sequential(*blocks)

@@ -1,0 +1,263 @@
+"""`select`: turn searched mask values into a `Selection` that meets a budget in MACs, params or dim shares.
+
+Scores. Attention and MLP elements score |mask value|; patch tokens score their cumulative keep K (the
+running minimum over layers, so a token's score never rises with depth and every threshold keeps a nested set).
+Ties (e.g. freshly attached masks, all 1) resolve to uniform structures: elements of equal score are taken rank
+by rank across layers (and dim by dim across heads), tokens position by position in every layer.
+
+Budgets.
+    dims={"attn": a, "mlp": b, "tokens": t}   each type keeps its top share (a global threshold per type);
+                                              types left out keep everything.
+    macs=r or params=r, mode="share"          every masked type keeps the same share s, the largest s whose
+                                              extracted model costs at most r of the original (bisection).
+    macs=r or params=r, mode="joint"          one threshold over all mask values of all types (every mask is a
+                                              multiplier that starts at 1, so values are compared as they are;
+                                              dividing by the per-type ℓ1 weights would rank whole types by
+                                              their weight alone while the masks are still near 1).
+Costs are the analytic MACs/params of the extracted structure (`vitcompress.slim.cost`), so a new budget takes
+milliseconds. At least one patch token is kept in every layer (the best-scored one at the last layer).
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from vitcompress.errors import VitCompressError
+from vitcompress.models.spec import unwrap
+from vitcompress.slim.attach import is_masked, mask_tensors
+from vitcompress.slim.config import MASK_TYPES
+from vitcompress.slim.cost import Structure, cost, structure_of
+from vitcompress.slim.selection import Selection
+
+MODES = ("share", "joint")
+
+
+class _Candidates:
+    """Every mask element of one type as flat numpy arrays, and the order in which thresholds keep them."""
+
+    def __init__(self, score: np.ndarray, owner: np.ndarray, size: int, order: np.ndarray) -> None:
+        self.score, self.owner, self.size, self.order = score, owner, size, order
+
+    def __len__(self) -> int:
+        return len(self.score)
+
+
+def _stack_abs(masks: list[torch.Tensor]) -> np.ndarray:
+    return torch.stack([m.detach().float().abs().cpu() for m in masks]).numpy()
+
+
+def _candidates(model: nn.Module, s: Structure) -> dict[str, _Candidates]:
+    masks = mask_tensors(model)
+    out = {}
+    if "attn" in masks:
+        vals = _stack_abs(masks["attn"])  # (owners, heads, head_dim or 1)
+        o, h, e = (a.ravel() for a in np.indices(vals.shape))
+        # Highest first; ties dim by dim across heads, then across owners: a uniform structure.
+        order = np.lexsort((o, e * s.num_heads + h, -vals.ravel()))
+        out["attn"] = _Candidates(vals.ravel(), o, s.head_dim if s.per_head else 1, order)
+    if "mlp" in masks:
+        vals = _stack_abs(masks["mlp"])  # (owners, hidden)
+        o, u = (a.ravel() for a in np.indices(vals.shape))
+        out["mlp"] = _Candidates(vals.ravel(), o, 1, np.lexsort((o, u, -vals.ravel())))
+    if "tokens" in masks:
+        with torch.no_grad():
+            keeps = torch.stack(unwrap(model).blocks.keeps()).float().cpu()  # (layers, patches)
+        vals = torch.cummin(keeps, dim=0).values.numpy()
+        layer, j = (a.ravel() for a in np.indices(vals.shape))
+        # Ties by position, then layer: with non-increasing scores every prefix of this order is nested.
+        out["tokens"] = _Candidates(vals.ravel(), layer, 1, np.lexsort((layer, j, -vals.ravel())))
+    return out
+
+
+class _Solver:
+    def __init__(self, model: nn.Module) -> None:
+        model = unwrap(model)
+        if not is_masked(model):
+            raise VitCompressError("select needs a masked model; make one with vc.attach_masks(model, SlimConfig())")
+        self.s = structure_of(model)
+        self.cands = _candidates(model, self.s)
+        if "tokens" in self.cands:
+            last = self.cands["tokens"].score.reshape(self.s.depth, -1)[-1]
+            self.forced_token = int(np.lexsort((np.arange(last.size), -last))[0])
+        self.full_macs, self.full_params = cost(self.s, *self.s.full())
+
+    def taken(self, counts: dict[str, int]) -> dict[str, np.ndarray]:
+        out = {}
+        for kind, c in self.cands.items():
+            flags = np.zeros(len(c), dtype=bool)
+            flags[c.order[: counts.get(kind, len(c))]] = True
+            out[kind] = flags
+        if "tokens" in out:
+            grid = out["tokens"].reshape(self.s.depth, -1)
+            grid[:, self.forced_token] = True
+        return out
+
+    def widths(self, taken: dict[str, np.ndarray]) -> tuple[list[int], list[int], list[int]]:
+        attn, hidden, tokens = self.s.full()
+        owners = self.s.num_owners
+        if "attn" in taken:
+            c = self.cands["attn"]
+            attn = (np.bincount(c.owner[taken["attn"]], minlength=owners) * c.size).tolist()
+        if "mlp" in taken:
+            hidden = np.bincount(self.cands["mlp"].owner[taken["mlp"]], minlength=owners).tolist()
+        if "tokens" in taken:
+            tokens = taken["tokens"].reshape(self.s.depth, -1).sum(1).tolist()
+        return attn, hidden, tokens
+
+    def cost(self, taken: dict[str, np.ndarray]) -> tuple[int, int]:
+        return cost(self.s, *self.widths(taken))
+
+    def selection(self, taken: dict[str, np.ndarray], info: dict[str, Any]) -> Selection:
+        s = self.s
+        out: dict[str, Any] = {}
+        if "attn" in taken and not taken["attn"].all():
+            flags = taken["attn"].reshape(s.num_owners, s.num_heads, -1)
+            if s.per_head:
+                per_owner = [[list(range(s.head_dim)) if f[0] else [] for f in heads] for heads in flags]
+            else:
+                per_owner = [[np.flatnonzero(f).tolist() for f in heads] for heads in flags]
+            out["attn"] = [per_owner[o] for o in s.owner]
+        if "mlp" in taken and not taken["mlp"].all():
+            flags = taken["mlp"].reshape(s.num_owners, -1)
+            out["mlp"] = [np.flatnonzero(flags[o]).tolist() for o in s.owner]
+        if "tokens" in taken and not taken["tokens"].all():
+            out["tokens"] = [np.flatnonzero(f).tolist() for f in taken["tokens"].reshape(s.depth, -1)]
+        macs, params = self.cost(taken)
+        shares = {k: round(float(v.mean()), 6) for k, v in taken.items()}
+        info = {**info, "shares": shares, "macs": macs, "params": params,
+                "macs_ratio": macs / self.full_macs, "params_ratio": params / self.full_params}
+        return Selection(**out, info=info)
+
+
+def select(
+    model: nn.Module,
+    *,
+    macs: float | None = None,
+    params: float | None = None,
+    dims: dict[str, float] | None = None,
+    mode: str = "share",
+) -> Selection:
+    """Choose what to keep from a masked model's mask values, for one budget.
+
+    Args:
+        model: A model from `attach_masks` (usually after a search).
+        macs: Target MACs as a fraction of the unmasked model's, in (0, 1].
+        params: Target parameters as a fraction of the unmasked model's, in (0, 1].
+        dims: Share of elements each mask type keeps, e.g. {"attn": 0.7, "mlp": 0.7, "tokens": 0.9}.
+        mode: For macs/params: "share" (the same share for every mask type) or "joint" (one threshold).
+
+    Returns:
+        The `Selection`; its `info` holds the achieved MACs/params and their ratios to the original.
+
+    Raises:
+        VitCompressError: On no or several targets, a target outside (0, 1], an unknown or unmasked type, or a
+            target below what the masks can reach.
+    """
+    given = {k: v for k, v in (("macs", macs), ("params", params), ("dims", dims)) if v is not None}
+    if len(given) != 1:
+        raise VitCompressError(
+            f"select needs exactly one target, got {sorted(given) or 'none'}; pass macs=0.6, params=0.6 or "
+            "dims={'attn': 0.7, 'mlp': 0.7}"
+        )
+    if mode not in MODES:
+        raise VitCompressError(f"mode={mode!r} is not one of {MODES}")
+    solver = _Solver(model)
+    if dims is not None:
+        return _select_dims(solver, dims)
+    key, target = next(iter(given.items()))
+    _check_fraction(key, target)
+    return _select_budget(solver, key, float(target), mode)
+
+
+def _check_fraction(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value <= 1:
+        raise VitCompressError(f"{name}={value!r} must be a fraction of the original in (0, 1], e.g. {name}=0.6")
+
+
+def _select_dims(solver: _Solver, dims: dict[str, float]) -> Selection:
+    if not isinstance(dims, dict) or not dims:
+        raise VitCompressError("dims must be a non-empty dict such as {'attn': 0.7, 'mlp': 0.7}")
+    for kind, share in dims.items():
+        if kind not in MASK_TYPES:
+            raise VitCompressError(f"dims key {kind!r} is unknown; use {list(MASK_TYPES)}")
+        if kind not in solver.cands:
+            raise VitCompressError(f"dims[{kind!r}] given but the model has no {kind} masks; attach them first")
+        _check_fraction(f"dims[{kind!r}]", share)
+    counts = {k: _count(float(v), len(solver.cands[k])) for k, v in dims.items()}
+    return solver.selection(solver.taken(counts), {"target": {"dims": dict(dims)}})
+
+
+def _count(share: float, n: int) -> int:
+    return int(np.floor(share * n + 0.5))
+
+
+def _select_budget(solver: _Solver, key: str, target: float, mode: str) -> Selection:
+    full = solver.full_macs if key == "macs" else solver.full_params
+    pick = 0 if key == "macs" else 1
+    if mode == "share":
+        fn = lambda s: solver.taken({k: _count(s, len(c)) for k, c in solver.cands.items()})
+        lo, hi = 0.0, 1.0
+    else:
+        total = sum(len(c) for c in solver.cands.values())
+        fn = _joint(solver)
+        lo, hi = 0, total
+    over = lambda t: solver.cost(t)[pick] > target * full
+    if over(fn(lo)):
+        least = solver.cost(fn(lo))[pick] / full
+        raise VitCompressError(
+            f"{key}={target} is out of reach: with every maskable element removed the model still has "
+            f"{least:.3f} of its {key} (embeddings, head, norms and what is not masked); pick {key} >= {least:.3f}"
+        )
+    if not over(fn(hi)):
+        lo = hi
+    elif mode == "share":
+        for _ in range(60):
+            mid = (lo + hi) / 2
+            lo, hi = (lo, mid) if over(fn(mid)) else (mid, hi)
+    else:
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if over(fn(mid)) else (mid, hi)
+    info = {"target": {key: target}, "mode": mode, ("share" if mode == "share" else "kept_elements"): lo}
+    return solver.selection(fn(lo), info)
+
+
+def _joint(solver: _Solver):
+    kinds = list(solver.cands)
+    scores = np.concatenate([solver.cands[k].score for k in kinds])
+    kind_id = np.concatenate([np.full(len(solver.cands[k]), i) for i, k in enumerate(kinds)])
+    # Position of each element in its own type's order, so ties keep each type's uniform/nested ordering.
+    pos = np.concatenate([np.argsort(solver.cands[k].order) for k in kinds])
+    order = np.lexsort((pos, kind_id, -scores))
+    offsets = np.cumsum([0] + [len(solver.cands[k]) for k in kinds])
+
+    def taken(k: int) -> dict[str, np.ndarray]:
+        picked = order[:k]
+        counts = {kind: int(((picked >= offsets[i]) & (picked < offsets[i + 1])).sum()) for i, kind in enumerate(kinds)}
+        return solver.taken(counts)
+
+    return taken
+
+
+def budget_curve(model: nn.Module, points: int = 21) -> list[dict[str, float]]:
+    """Params and MACs of the extracted model over the whole budget range, from one search (no forward pass).
+
+    One row per share s in 1 → 0 (every masked type keeping its top share s, as `select(mode="share")` does),
+    with the analytic params/MACs and their ratios to the unmasked model.
+    """
+    if points < 2:
+        raise VitCompressError(f"points={points} must be >= 2")
+    solver = _Solver(model)
+    rows = []
+    for share in np.linspace(1.0, 0.0, points):
+        taken = solver.taken({k: _count(float(share), len(c)) for k, c in solver.cands.items()})
+        macs, params = solver.cost(taken)
+        rows.append({"share": round(float(share), 6), "params": params, "macs": macs,
+                     "params_ratio": params / solver.full_params, "macs_ratio": macs / solver.full_macs,
+                     **{f"{k}_kept": round(float(v.mean()), 6) for k, v in taken.items()}})
+    return rows

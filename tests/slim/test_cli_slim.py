@@ -1,0 +1,102 @@
+"""`vitcompress slim search|extract` and `vitcompress finetune` end to end on a tiny model."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+
+import vitcompress as vc
+from vitcompress.cli import main
+
+TINY = ["--model-args", "img_size=16", "patch_size=4", "embed_dim=32", "depth=3", "num_heads=2", "num_classes=10"]
+FAST = ["--epochs", "1", "--warmup-epochs", "0", "--batch-size", "128", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def search_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("slim")
+    assert main(["train", "--model", "vit_tiny_patch16_224", *TINY, "-o", str(root / "teacher"), *FAST]) == 0
+    args = ["slim", "search", "--model", str(root / "teacher"), "--config", "digits-slim", "--curve-points", "5",
+            "-o", str(root / "search"), *FAST]
+    assert main(args) == 0
+    return root
+
+
+def test_search_writes_masked_model_and_curve(search_dir):
+    out = search_dir / "search"
+    masked = vc.load(out)
+    assert any("token_mask" in k for k in masked.state_dict())
+    curve = json.loads((out / "curve.json").read_text())
+    assert len(curve) == 5 and curve[0]["macs_ratio"] == 1.0 and curve[-1]["macs_ratio"] < 0.2
+    with open(out / "curve.csv") as f:
+        assert len(list(csv.DictReader(f))) == 5
+    report = json.loads((out / "report.json").read_text())
+    epoch = report["epochs"][-1]
+    assert {"task", "sparsity", "kd_logits", "mask_attn"} <= set(epoch)
+
+
+def test_extract_then_finetune_with_kd(search_dir, capsys):
+    out, tuned = search_dir / "x60", search_dir / "tuned"
+    assert main(["slim", "extract", "--search", str(search_dir / "search"), "--macs", "0.6", "-o", str(out)]) == 0
+    assert "original vs extracted" in capsys.readouterr().out
+    small = vc.load(out)
+    selection = vc.Selection.from_dict(json.loads((out / "selection.json").read_text()))
+    assert 0.55 < selection.info["macs_ratio"] <= 0.6
+    assert vc.count_macs(small, (3, 16, 16)) == selection.info["macs"]
+    args = ["finetune", "--model", str(out), "--kd-teacher", str(search_dir / "teacher"), "-o", str(tuned), *FAST]
+    assert main(args) == 0
+    report = json.loads((tuned / "report.json").read_text())
+    assert "kd_logits" in report["epochs"][-1] and report["kd_teacher"]
+    tuned_model = vc.load(tuned)
+    assert vc.count_params(tuned_model) == vc.count_params(small)
+    assert torch.isfinite(torch.tensor(report["val"]["top1"]))
+
+
+def test_extract_by_dims_and_joint(search_dir, tmp_path):
+    assert main(["slim", "extract", "--search", str(search_dir / "search"), "--dims", "attn=0.5", "mlp=0.5",
+                 "-o", str(tmp_path / "d")]) == 0
+    assert main(["slim", "extract", "--search", str(search_dir / "search"), "--params", "0.7", "--mode", "joint",
+                 "-o", str(tmp_path / "j")]) == 0
+    assert vc.load(tmp_path / "j") is not None
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--macs", "0.001"], "out of reach"),
+        (["--macs", "1.5"], "(0, 1]"),
+        (["--dims", "heads=0.5"], "unknown"),
+        (["--dims", "attn"], "TYPE=SHARE"),
+    ],
+    ids=["unreachable", "above-one", "unknown-type", "malformed-dims"],
+)
+def test_extract_bad_budgets_one_line(search_dir, tmp_path, capsys, argv, message):
+    out = tmp_path / "bad"
+    assert main(["slim", "extract", "--search", str(search_dir / "search"), *argv, "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and message in err, err
+    assert not out.exists()
+
+
+def test_extract_needs_a_search_dir(search_dir, tmp_path, capsys):
+    assert main(["slim", "extract", "--search", str(search_dir / "teacher"), "--macs", "0.5",
+                 "-o", str(tmp_path / "o")]) == 2
+    assert "no masked model" in capsys.readouterr().err
+
+
+def test_slim_recipe_validates():
+    from vitcompress.cli_args import load_recipe
+    from vitcompress.jobs.demo import _split
+    from vitcompress.slim.config import SlimConfig, SparsityConfig
+    from vitcompress.train import TrainConfig
+
+    recipe = load_recipe("digits-slim")
+    _split(recipe, SlimConfig, SparsityConfig, TrainConfig)
+    assert set(recipe) <= {"attn", "mlp", "tokens", "token_init", "attn_weight", "mlp_weight", "tokens_weight",
+                           "macs_weighted", "mask_lr", "kd_alpha", "temperature", "curve_points", "data",
+                           "batch_size", "workers", "model", "model_args", "epochs", "lr", "min_lr",
+                           "weight_decay", "warmup_epochs", "clip_grad", "amp", "ema_decay", "seed", "log_every",
+                           "eval_every"}

@@ -1,0 +1,142 @@
+"""extract == binarize exactly, on every variant and selection kind; analytic cost == measured; save/load."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from timm.models.vision_transformer import VisionTransformer
+from torch.testing import assert_close
+
+import vitcompress as vc
+from vitcompress.slim.cost import structure_of
+from vitcompress.slim.pruned import PrunedAttention
+
+SELECTIONS = {
+    "attn": dict(dims={"attn": 0.45}),
+    "mlp": dict(dims={"mlp": 0.4}),
+    "tokens": dict(dims={"tokens": 0.5}),
+    "joint": dict(macs=0.5, mode="joint"),
+    "share": dict(macs=0.6),
+    "params": dict(params=0.5),
+}
+
+
+def size_of(model) -> tuple[int, int, int]:
+    return (3, *model.patch_embed.img_size)
+
+
+@pytest.mark.parametrize("kind", list(SELECTIONS))
+def test_extract_reproduces_binarize_and_its_analytic_cost(make_vit, variant, perturb, randomize, kind, images):
+    model = perturb(make_vit(variant))
+    masked = randomize(vc.attach_masks(model, vc.SlimConfig(tokens=True))).eval()
+    sel = vc.select(masked, **SELECTIONS[kind])
+    ref = vc.binarize(masked, sel)
+    small = vc.extract(masked, sel)
+    assert isinstance(small, VisionTransformer) and not any("mask" in k for k in small.state_dict())
+    with torch.no_grad():
+        expected = ref(images)
+        assert_close(small(images), expected)
+        assert not torch.allclose(expected, model(images)), "the selection should change the model"
+    assert sel.info["macs"] == vc.count_macs(small, size_of(small))
+    assert sel.info["params"] == vc.count_params(small)
+    assert sel.info["macs"] < vc.count_macs(model, size_of(model))
+
+
+def test_binarize_sets_masks_to_exactly_zero_or_one(make_vit, randomize):
+    masked = randomize(vc.attach_masks(make_vit("vit"), vc.SlimConfig(tokens=True)))
+    ref = vc.binarize(masked, vc.select(masked, macs=0.5))
+    for name, p in ref.named_parameters():
+        if name.endswith(("dim_mask", "hidden_mask")):
+            assert set(p.unique().tolist()) <= {0.0, 1.0}, name
+    for k in ref.blocks.keeps():
+        assert set(k.unique().tolist()) <= {0.0, 1.0}
+    assert any((k == 0).any() for k in ref.blocks.keeps())
+
+
+def test_ragged_heads_and_removed_heads(make_vit, perturb, images):
+    masked = vc.attach_masks(perturb(make_vit("deit3_layerscale")), vc.SlimConfig())  # 4 heads of 16
+    kept = [[list(range(16)), [0, 3, 5], [], [1, 2, 4]], [[], [], [], []]]  # layer 1: no attention left
+    sel = vc.Selection(attn=kept)
+    small = vc.extract(masked, sel)
+    attn0, attn1 = small.blocks[0].attn, small.blocks[1].attn
+    assert isinstance(attn0, PrunedAttention) and attn0.head_dims == [16, 3, 0, 3]
+    assert [(w, hs) for w, hs in attn0.groups] == [(3, [1, 3]), (16, [0])]  # one attention per width
+    assert attn0.qkv.out_features == 3 * 22 and attn0.proj.in_features == 22
+    assert attn0.scale == 16**-0.5  # the original head's scale, not the new width's
+    assert attn1.qkv.out_features == 0
+    with torch.no_grad():
+        assert_close(small(images), vc.binarize(masked, sel)(images))
+    assert sel.cost(structure_of(masked))[0] == vc.count_macs(small, size_of(small))
+
+
+def test_extract_leaves_the_masked_model_alone_and_trains(make_vit, randomize, images):
+    masked = randomize(vc.attach_masks(make_vit("reg_tokens"), vc.SlimConfig(tokens=True)))
+    before = {k: v.clone() for k, v in masked.state_dict().items()}
+    small = vc.extract(masked, vc.select(masked, macs=0.5)).train()
+    with torch.no_grad():
+        for p in small.parameters():
+            p.add_(1.0)
+    for k, v in masked.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    small.zero_grad()
+    small(images).sum().backward()
+    assert all(p.grad is not None for p in small.parameters() if p.numel())
+
+
+def test_save_load_reproduces_the_extracted_model(make_vit, randomize, images, tmp_path):
+    masked = randomize(vc.attach_masks(make_vit("deit_distilled"), vc.SlimConfig(tokens=True)))
+    sel = vc.select(masked, macs=0.5)
+    small = vc.extract(masked, sel).eval()
+    vc.save(small, tmp_path / "slim")
+    loaded = vc.load(tmp_path / "slim")
+    assert [s["kind"] for s in loaded.vitcompress_spec["steps"]] == ["slim"]
+    with torch.no_grad():
+        assert_close(loaded(images), small(images), rtol=0, atol=0)
+    assert vc.count_params(loaded) == sel.info["params"]
+
+
+def test_extract_a_plain_model_by_a_hand_made_selection(make_vit, images):
+    model = make_vit("vit")  # no masks: slice by indices (e.g. a uniform or magnitude baseline)
+    sel = vc.Selection(mlp=[list(range(0, 128, 2))] * 3)
+    small = vc.extract(model, sel)
+    assert small.blocks[0].mlp.fc1.out_features == 64
+    ref = vc.binarize(vc.attach_masks(model, vc.SlimConfig(attn=False)), sel)
+    with torch.no_grad():
+        assert_close(small(images), ref(images))
+
+
+def test_selection_round_trips_through_json(make_vit, randomize):
+    import json
+
+    masked = randomize(vc.attach_masks(make_vit("reg_tokens"), vc.SlimConfig(tokens=True)))
+    sel = vc.select(masked, macs=0.5)
+    again = vc.Selection.from_dict(json.loads(json.dumps(sel.to_dict())))
+    assert again == sel
+
+
+@pytest.mark.parametrize(
+    ("selection", "message"),
+    [
+        (dict(mlp=[[0]] * 2), "2 layers"),
+        (dict(mlp=[[0, 999]] * 3), "0..127"),
+        (dict(attn=[[[0]] * 3] * 3), "3 heads"),
+        (dict(tokens=[[0, 1], [0, 2], [0]]), "subset"),
+        (dict(tokens=[[0], [], []]), "no patch token"),
+        (dict(mlp=[[1, 1]] * 3), "twice"),
+    ],
+    ids=["depth", "range", "heads", "not-nested", "no-token", "duplicate"],
+)
+def test_bad_selections_are_refused(make_vit, selection, message):
+    with pytest.raises(vc.VitCompressError, match=message):
+        vc.extract(make_vit("vit"), vc.Selection(**selection))
+
+
+def test_binarize_needs_matching_masks(make_vit):
+    masked = vc.attach_masks(make_vit("vit"), vc.SlimConfig(tokens=False))
+    with pytest.raises(vc.VitCompressError, match="no tokens masks"):
+        vc.binarize(masked, vc.Selection(tokens=[[0]] * 3))
+    with pytest.raises(vc.VitCompressError, match="Selection vc.select returns"):
+        vc.extract(masked, {"mlp": None})
+    small = vc.extract(masked, vc.Selection(mlp=[[0]] * 3))
+    with pytest.raises(vc.VitCompressError, match="already slimmed"):
+        vc.extract(small, vc.Selection())
