@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "multiplex": "vitcompress.multiplex.build",
-    "MultiplexConfig": "vitcompress.multiplex.config",
-    "DistillConfig": "vitcompress.multiplex.distill_config",
-    "DistillationObjective": "vitcompress.multiplex.objective",
+    "multiplex": "vitcompress.multiplexing.build",
+    "MultiplexConfig": "vitcompress.multiplexing.config",
+    "DistillConfig": "vitcompress.multiplexing.distill_config",
+    "DistillationObjective": "vitcompress.multiplexing.objective",
     "profile": "vitcompress.metrics.profile",
     "Profile": "vitcompress.metrics.profile",
     "count_params": "vitcompress.metrics.params",
@@ -48,10 +48,7 @@ __all__ = sorted(_EXPORTS)
 
 def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
-        module = importlib.import_module(_EXPORTS[name])
-        # `multiplex` is also a subpackage, which that import just bound here; the package is callable as the
-        # verb, and keeping it (not the function) keeps `import vitcompress.multiplex as m` working too.
-        value = globals().get(name) or getattr(module, name)
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
         globals()[name] = value
         return value
     raise AttributeError(f"module 'vitcompress' has no attribute {name!r}")
@@ -70,10 +67,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from vitcompress.metrics.macs import count_macs
     from vitcompress.metrics.params import count_params
     from vitcompress.metrics.profile import Profile, profile
-    from vitcompress.multiplex.build import multiplex
-    from vitcompress.multiplex.config import MultiplexConfig
-    from vitcompress.multiplex.distill_config import DistillConfig
-    from vitcompress.multiplex.objective import DistillationObjective
+    from vitcompress.multiplexing.build import multiplex
+    from vitcompress.multiplexing.config import MultiplexConfig
+    from vitcompress.multiplexing.distill_config import DistillConfig
+    from vitcompress.multiplexing.objective import DistillationObjective
     from vitcompress.slim.attach import attach_masks
     from vitcompress.slim.config import SlimConfig, SparsityConfig
     from vitcompress.slim.extraction import binarize, extract

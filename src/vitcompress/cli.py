@@ -40,8 +40,8 @@ def _add_run(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from vitcompress.multiplex.config import MultiplexConfig
-    from vitcompress.multiplex.distill_config import DistillConfig
+    from vitcompress.multiplexing.config import MultiplexConfig
+    from vitcompress.multiplexing.distill_config import DistillConfig
     from vitcompress.slim.config import SlimConfig, SparsityConfig
     from vitcompress.train.config import TrainConfig
 
@@ -160,8 +160,8 @@ def _fields(*classes) -> set[str]:
 
 
 def run(argv: list[str] | None = None) -> Any:
-    from vitcompress.multiplex.config import MultiplexConfig
-    from vitcompress.multiplex.distill_config import DistillConfig
+    from vitcompress.multiplexing.config import MultiplexConfig
+    from vitcompress.multiplexing.distill_config import DistillConfig
     from vitcompress.train.config import TrainConfig
 
     args = build_parser().parse_args(argv)

@@ -62,8 +62,8 @@ def test_recipes_validate():
     """Every shipped recipe parses into the configs of the command it is for."""
     from vitcompress.cli_args import load_recipe
     from vitcompress.jobs.demo import _split
-    from vitcompress.multiplex import MultiplexConfig
-    from vitcompress.multiplex.distill_config import DistillConfig
+    from vitcompress.multiplexing import MultiplexConfig
+    from vitcompress.multiplexing.distill_config import DistillConfig
     from vitcompress.train import TrainConfig
 
     _split(load_recipe("digits-teacher"), TrainConfig)

@@ -9,7 +9,7 @@ from torch.testing import assert_close
 import vitcompress as vc
 from vitcompress.errors import VitCompressError
 from vitcompress.models.layers import transformer_layers
-from vitcompress.multiplex.distill import ActivationRecorder, hidden_relation_mse
+from vitcompress.multiplexing.distill import ActivationRecorder, hidden_relation_mse
 
 from .conftest import swin_images
 

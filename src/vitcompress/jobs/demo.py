@@ -9,8 +9,8 @@ from typing import Any
 from vitcompress.cli_args import load_recipe
 from vitcompress.jobs.multiplex import multiplex_job
 from vitcompress.jobs.train import train_job
-from vitcompress.multiplex.config import MultiplexConfig
-from vitcompress.multiplex.distill_config import DistillConfig
+from vitcompress.multiplexing.config import MultiplexConfig
+from vitcompress.multiplexing.distill_config import DistillConfig
 from vitcompress.report import markdown_table
 from vitcompress.train import TrainConfig
 

@@ -10,9 +10,9 @@ from vitcompress.export import save
 from vitcompress.jobs.common import check_classes, data_extra, describe_row, loaders_for
 from vitcompress.metrics import evaluate
 from vitcompress.models.resolve import resolve_model
-from vitcompress.multiplex import MultiplexConfig, multiplex
-from vitcompress.multiplex.distill_config import DistillConfig
-from vitcompress.multiplex.objective import DistillationObjective
+from vitcompress.multiplexing import MultiplexConfig, multiplex
+from vitcompress.multiplexing.distill_config import DistillConfig
+from vitcompress.multiplexing.objective import DistillationObjective
 from vitcompress.report import markdown_table, write_report
 from vitcompress.train import TrainConfig, fit
 from vitcompress.train.distributed import cleanup, setup_distributed

@@ -16,8 +16,8 @@ from vitcompress.export.io import load, read_spec
 from vitcompress.jobs.common import check_classes, data_extra, describe_row, input_size_of, loaders_for
 from vitcompress.metrics import count_macs, count_params, evaluate, measure_latency
 from vitcompress.models.resolve import resolve_model
-from vitcompress.multiplex.distill_config import DistillConfig
-from vitcompress.multiplex.objective import DistillationObjective
+from vitcompress.multiplexing.distill_config import DistillConfig
+from vitcompress.multiplexing.objective import DistillationObjective
 from vitcompress.report import markdown_table, write_report
 from vitcompress.slim import SlimConfig, SlimObjective, SparsityConfig, attach_masks, extract, select
 from vitcompress.slim.selection import Selection

@@ -25,7 +25,7 @@ _FAMILIES = {
 }
 # step kind -> function(model, step) -> model that redoes the structural change.
 _STEPS = {
-    "multiplex": "vitcompress.multiplex.build:rebuild_multiplexed",
+    "multiplex": "vitcompress.multiplexing.build:rebuild_multiplexed",
     "slim_masks": "vitcompress.slim.attach:rebuild_masked",
     "slim": "vitcompress.slim.extraction:rebuild_slim",
 }

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from vitcompress.errors import VitCompressError
-from vitcompress.multiplex.config import MultiplexConfig
+from vitcompress.multiplexing.config import MultiplexConfig
 
 
 def resolve_groups(cfg: MultiplexConfig, stage_depths: Sequence[int]) -> list[list[int]]:

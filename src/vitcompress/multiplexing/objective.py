@@ -9,14 +9,14 @@ from torch import Tensor, nn
 from vitcompress.errors import VitCompressError
 from vitcompress.models.layers import head_dim, num_prefix_tokens, transformer_layers, window_layout
 from vitcompress.models.spec import unwrap
-from vitcompress.multiplex.distill import (
+from vitcompress.multiplexing.distill import (
     ActivationRecorder,
     hidden_relation_mse,
     layer_pairs,
     logits_kd,
     relation_kl,
 )
-from vitcompress.multiplex.distill_config import DistillConfig
+from vitcompress.multiplexing.distill_config import DistillConfig
 
 
 def _attn_width(layer: nn.Module) -> int:

@@ -23,10 +23,10 @@ from torch import nn
 from vitcompress.errors import VitCompressError
 from vitcompress.models.layers import head_dim
 from vitcompress.models.swin import check_plain_swin, padded_size, shifted_window_mask, stage_depths
-from vitcompress.multiplex.config import MultiplexConfig
-from vitcompress.multiplex.groups import resolve_groups
-from vitcompress.multiplex.transforms import AttentionTransform, DepthwiseConvTransform
-from vitcompress.multiplex.vit import MultiplexedMlp, SharedWeights, shared_from_blocks
+from vitcompress.multiplexing.config import MultiplexConfig
+from vitcompress.multiplexing.groups import resolve_groups
+from vitcompress.multiplexing.transforms import AttentionTransform, DepthwiseConvTransform
+from vitcompress.multiplexing.vit import MultiplexedMlp, SharedWeights, shared_from_blocks
 
 
 class SwinSharedWeights(SharedWeights):

@@ -8,7 +8,7 @@ from torch.testing import assert_close
 
 import vitcompress as vc
 from vitcompress.errors import VitCompressError
-from vitcompress.multiplex.distill import hidden_relation_mse, layer_pairs, relation_kl
+from vitcompress.multiplexing.distill import hidden_relation_mse, layer_pairs, relation_kl
 
 ALL_RELATIONS = ["qq", "kk", "vv", "qk", "kq", "qv", "vq", "kv", "vk"]
 KD_TERMS = ("kd_logits", "kd_attn", "kd_hidden")

@@ -15,7 +15,7 @@ from timm.layers import Mlp
 from timm.models.vision_transformer import Attention, Block
 from torch import nn
 
-from vitcompress.multiplex.transforms import AttentionTransform, DepthwiseConvTransform
+from vitcompress.multiplexing.transforms import AttentionTransform, DepthwiseConvTransform
 
 
 class SharedWeights(nn.Module):

@@ -11,9 +11,9 @@ from torch import nn
 from vitcompress.errors import VitCompressError
 from vitcompress.models.spec import family_of, get_spec, unwrap, with_step
 from vitcompress.models.vit import check_plain_blocks, grid_size
-from vitcompress.multiplex.config import MultiplexConfig
-from vitcompress.multiplex.groups import resolve_groups
-from vitcompress.multiplex.vit import MultiplexedBlock, shared_from_blocks
+from vitcompress.multiplexing.config import MultiplexConfig
+from vitcompress.multiplexing.groups import resolve_groups
+from vitcompress.multiplexing.vit import MultiplexedBlock, shared_from_blocks
 
 
 def multiplex(model: nn.Module, config: MultiplexConfig | None = None) -> nn.Module:
@@ -48,7 +48,7 @@ def _builder(family: str) -> Callable[[nn.Module, MultiplexConfig], tuple[nn.Mod
     if family == "vit":
         return _multiplex_vit
     if family == "swin":
-        from vitcompress.multiplex.swin import multiplex_swin
+        from vitcompress.multiplexing.swin import multiplex_swin
 
         return multiplex_swin
     raise VitCompressError(f"multiplexing is not supported for the {family} family yet")  # pragma: no cover
