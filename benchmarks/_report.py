@@ -6,11 +6,14 @@ other sections untouched, so benchmarks (multiplexing, slimming, Swin, ...) can 
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import hashlib
 import os
 import platform
 import re
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 HEADER = (
@@ -72,16 +75,34 @@ def write_section(path: str | Path, name: str, body: str) -> Path:
     path = Path(path)
     begin, end = f"<!-- begin:{name} -->", f"<!-- end:{name} -->"
     block = f"{begin}\n{body.strip()}\n{end}"
-    text = path.read_text() if path.exists() else HEADER
     pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), flags=re.DOTALL)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: block, text, count=1)
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    with _locked(path):  # benchmarks finishing together must not drop each other's sections
+        text = path.read_text() if path.exists() else HEADER
+        if pattern.search(text):
+            text = pattern.sub(lambda _: block, text, count=1)
+        else:
+            text = text.rstrip("\n") + "\n\n" + block + "\n"
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
     return path
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive lock for read-modify-write of `path`, held on a file in the temp dir (not in the repo)."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock, as before
+        yield
+        return
+    digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:16]
+    with open(Path(tempfile.gettempdir()) / f"vitcompress-bench-{digest}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
