@@ -23,6 +23,7 @@ from timm.models.swin_transformer import (
 from torch import nn
 
 from vitcompress.errors import VitCompressError
+from vitcompress.models._timm import architecture_name, drop_prob, patch_embed_kwargs
 from vitcompress.models.layers import head_dim, window_layout
 
 FAMILY = "swin"
@@ -62,22 +63,13 @@ def _per_stage(values: list[Any]) -> Any:
     return values[0] if all(v == values[0] for v in values) else values
 
 
-def _drop_prob(module: nn.Module) -> float:
-    return float(getattr(module, "drop_prob", 0.0))
-
-
 def describe_swin(model: SwinTransformer) -> dict[str, Any]:
     """Constructor arguments that rebuild `model`'s architecture with `timm.create_model`.
 
     Window sizes are the ones in use, per stage: timm shrinks a window to a stage's resolution when it is larger
     (and then drops the shift), so a model rebuilt from them has the same windows, shifts and bias tables.
     """
-    arch = (getattr(model, "pretrained_cfg", None) or {}).get("architecture")
-    if not arch:
-        raise VitCompressError(
-            "this SwinTransformer has no registered architecture name; create it with "
-            "timm.create_model('<name>', ...) so vitcompress can rebuild it"
-        )
+    arch = architecture_name(model)
     check_plain_swin(model)
     firsts = [stage.blocks[0] for stage in model.layers]
     dims = [blk.dim for blk in firsts]
@@ -86,12 +78,7 @@ def describe_swin(model: SwinTransformer) -> dict[str, Any]:
     pe = model.patch_embed
     last = model.layers[-1].blocks[-1]
     kwargs: dict[str, Any] = {
-        "img_size": list(pe.img_size) if pe.img_size is not None else None,
-        "patch_size": list(pe.patch_size),
-        "in_chans": pe.proj.in_channels,
-        "num_classes": model.num_classes,
-        "global_pool": model.global_pool,
-        "embed_dim": model.embed_dim,
+        **patch_embed_kwargs(model),
         "depths": stage_depths(model),
         "num_heads": heads,
         "head_dim": None if all(h * d == c for h, d, c in zip(heads, head_dims, dims, strict=True)) else head_dims,
@@ -103,7 +90,7 @@ def describe_swin(model: SwinTransformer) -> dict[str, Any]:
         "drop_rate": float(model.head.drop.p),
         "proj_drop_rate": float(firsts[0].attn.proj_drop.p),
         "attn_drop_rate": float(firsts[0].attn.attn_drop.p),
-        "drop_path_rate": _drop_prob(last.drop_path1),
+        "drop_path_rate": drop_prob(last.drop_path1),
     }
     desc = {"family": FAMILY, "architecture": arch, "kwargs": kwargs}
     _verify_rebuild(model, desc)

@@ -14,6 +14,7 @@ from timm.models.vision_transformer import Attention, Block, VisionTransformer
 from torch import nn
 
 from vitcompress.errors import VitCompressError
+from vitcompress.models._timm import architecture_name, drop_prob, patch_embed_kwargs
 
 FAMILY = "vit"
 
@@ -38,28 +39,13 @@ def grid_size(model: VisionTransformer) -> tuple[int, int]:
     return tuple(model.patch_embed.grid_size)
 
 
-def _drop_prob(module: nn.Module) -> float:
-    return float(getattr(module, "drop_prob", 0.0))
-
-
 def describe_vit(model: VisionTransformer) -> dict[str, Any]:
     """Constructor arguments that rebuild `model`'s architecture with `timm.create_model`."""
-    arch = (getattr(model, "pretrained_cfg", None) or {}).get("architecture")
-    if not arch:
-        raise VitCompressError(
-            "this VisionTransformer has no registered architecture name; create it with "
-            "timm.create_model('<name>', ...) so vitcompress can rebuild it"
-        )
+    arch = architecture_name(model)
     check_plain_blocks(model)
     blk: Block = model.blocks[0]
-    pe = model.patch_embed
     kwargs: dict[str, Any] = {
-        "img_size": list(pe.img_size) if pe.img_size is not None else None,
-        "patch_size": list(pe.patch_size),
-        "in_chans": pe.proj.in_channels,
-        "num_classes": model.num_classes,
-        "global_pool": model.global_pool,
-        "embed_dim": model.embed_dim,
+        **patch_embed_kwargs(model),
         "depth": len(model.blocks),
         "num_heads": blk.attn.num_heads,
         "mlp_ratio": blk.mlp.fc1.out_features / model.embed_dim,
@@ -76,7 +62,7 @@ def describe_vit(model: VisionTransformer) -> dict[str, Any]:
         "final_norm": not (isinstance(model.norm, nn.Identity) and isinstance(model.fc_norm, nn.Identity)),
         "dynamic_img_size": bool(model.dynamic_img_size),
         "drop_rate": float(model.head_drop.p),
-        "drop_path_rate": _drop_prob(model.blocks[-1].drop_path1),
+        "drop_path_rate": drop_prob(model.blocks[-1].drop_path1),
     }
     desc = {"family": FAMILY, "architecture": arch, "kwargs": kwargs}
     _verify_rebuild(model, desc)
