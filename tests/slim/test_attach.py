@@ -112,5 +112,5 @@ def test_refusals(make_vit):
         vc.attach_masks(scale_norm)
     swin = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, img_size=32, patch_size=2,
                              window_size=4, embed_dim=24, depths=(1, 1), num_heads=(2, 2), num_classes=10)
-    with pytest.raises(vc.VitCompressError, match="ViT/DeiT models only"):
-        vc.attach_masks(swin)
+    with pytest.raises(vc.VitCompressError, match="without token masks"):  # Swin: attn/mlp masks only
+        vc.attach_masks(swin, vc.SlimConfig(tokens=True))

@@ -1,4 +1,5 @@
-"""`attach_masks`: a copy of a timm ViT/DeiT (plain or multiplexed) with ViT-Slim soft masks, exact at init."""
+"""`attach_masks`: a copy of a timm ViT/DeiT or Swin (plain or multiplexed) with ViT-Slim soft masks, exact at
+init."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ from torch import nn
 
 from vitcompress.errors import VitCompressError
 from vitcompress.models.spec import family_of, get_spec, unwrap, with_step
+from vitcompress.models.swin import is_swin
 from vitcompress.slim.config import SlimConfig
 from vitcompress.slim.masked import MaskedBlock, MaskedBlocks, MaskedSharedWeights
+from vitcompress.slim.swin_masked import attach_swin, check_swin_supported, is_masked_swin, swin_mask_tensors
 
 MASKS_STEP = "slim_masks"
 SLIM_STEP = "slim"
@@ -22,37 +25,47 @@ def attach_masks(model: nn.Module, config: SlimConfig | None = None) -> nn.Modul
 
     `model` itself is left untouched. Blocks are replaced by masked ones (child replacement; timm's top-level
     forward is kept); mask parameters carry "mask" in their names, so `make_param_groups` gives them their own
-    group without weight decay. Works on plain timm ViT/DeiT models and on `vc.multiplex` outputs, where the
-    attention/MLP masks of a shared weight are shared by the layers of its group.
+    group without weight decay. Works on plain timm ViT/DeiT and Swin models and on `vc.multiplex` outputs, where
+    the attention/MLP masks of a shared weight are shared by the layers of its group. On Swin, each block's
+    attention and MLP are replaced instead (`vitcompress.slim.swin_masked`); Swin takes no token masks.
 
     Raises:
         VitCompressError: On an unsupported model, an already masked or slimmed model, or a mask type the model
-            cannot support (e.g. token masks with MAP pooling or with the depth-wise-conv MLP transformation).
+            cannot support (e.g. token masks on Swin, with MAP pooling or with the depth-wise-conv MLP
+            transformation).
     """
     config = SlimConfig() if config is None else config
     if not isinstance(config, SlimConfig):
         raise VitCompressError(f"config is a {type(config).__name__}; pass a SlimConfig, e.g. SlimConfig(tokens=True)")
     model = unwrap(model)
-    if family_of(model) != "vit":
-        raise VitCompressError(f"ViT-Slim masks support timm ViT/DeiT models only, not {type(model).__name__} yet")
+    family = family_of(model)
+    if family not in ("vit", "swin"):
+        raise VitCompressError(f"ViT-Slim masks support timm ViT/DeiT and Swin models, not {type(model).__name__}")
     kinds = [step["kind"] for step in get_spec(model)["steps"]]
     if MASKS_STEP in kinds or SLIM_STEP in kinds:
         raise VitCompressError("this model is already masked or slimmed; attach masks to the original model")
-    check_supported(model, config)
+    check, attach = (check_swin_supported, attach_swin) if family == "swin" else (check_supported, _attach)
+    check(model, config)
     # A masked model is for training (masks and weights together), even if `model` was frozen.
-    masked = _attach(copy.deepcopy(model), config).train(model.training).requires_grad_(True)
+    masked = attach(copy.deepcopy(model), config).train(model.training).requires_grad_(True)
     return with_step(model, masked, {"kind": MASKS_STEP, "config": config.to_dict()})
 
 
 def rebuild_masked(model: nn.Module, step: dict[str, Any]) -> nn.Module:
     """Redo a recorded mask step on a freshly built model (weights and mask values are loaded afterwards)."""
     config = SlimConfig.from_dict(step["config"])
+    if is_swin(model):
+        check_swin_supported(model, config)
+        return attach_swin(model, config)
     check_supported(model, config)
     return _attach(model, config)
 
 
 def is_masked(model: nn.Module) -> bool:
-    return isinstance(getattr(unwrap(model), "blocks", None), MaskedBlocks)
+    model = unwrap(model)
+    if is_swin(model):
+        return is_masked_swin(model)
+    return isinstance(getattr(model, "blocks", None), MaskedBlocks)
 
 
 def is_per_head(model: nn.Module) -> bool:
@@ -63,6 +76,8 @@ def is_per_head(model: nn.Module) -> bool:
 def mask_tensors(model: nn.Module) -> dict[str, list[torch.Tensor]]:
     """The mask parameters of a masked model: attn/mlp per owner (layer or group), token θ per layer."""
     model = unwrap(model)
+    if is_swin(model):
+        return swin_mask_tensors(model)
     shared = getattr(model, "blocks_shared", None)
     owners_attn = [w.dim_mask for w in shared] if shared is not None else [b.attn.dim_mask for b in model.blocks]
     owners_mlp = [w.hidden_mask for w in shared] if shared is not None else [b.mlp.hidden_mask for b in model.blocks]

@@ -8,6 +8,10 @@ MACs per image, as `vitcompress.metrics.count_macs` counts them on the extracted
                 2·H²·N²       head mixing (multiplexed attention transformation: both H×H mixes; none if A = 0)
                 C·k²·P        depth-wise conv (multiplexed MLP transformation, P = all patches)
 Params: everything but the qkv/proj/fc1/fc2 linears is fixed; a multiplexed group's linears count once.
+
+Swin has its own structure (`vitcompress.slim.swin_cost.SwinStructure`: windows, stages, per-owner widths);
+`structure_of` returns whichever fits the model. Both answer the same questions for the solver, `Selection` and
+the sparsity loss: `heads_of/head_dim_of/hidden_of(owner)`, `full()`, `cost(...)`, `element_macs()`.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from torch import nn
 from vitcompress.errors import VitCompressError
 from vitcompress.metrics.params import count_params
 from vitcompress.models.spec import unwrap
+from vitcompress.models.swin import is_swin
+from vitcompress.slim.swin_cost import SwinStructure, swin_structure_of
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,14 +55,33 @@ class Structure:
     def num_owners(self) -> int:
         return max(self.owner) + 1
 
+    has_tokens = True  # a class attribute, not a field: token masks can be attached and token selections cut
+
     def layers_of(self, owner: int) -> list[int]:
         return [i for i, o in enumerate(self.owner) if o == owner]
+
+    def heads_of(self, owner: int) -> int:
+        return self.num_heads
+
+    def head_dim_of(self, owner: int) -> int:
+        return self.head_dim
+
+    def hidden_of(self, owner: int) -> int:
+        return self.hidden
 
     def full(self) -> tuple[list[int], list[int], list[int]]:
         """(attention dims per owner, hidden units per owner, patch tokens per layer) of the unslimmed model."""
         owners = self.num_owners
         return ([self.num_heads * self.head_dim] * owners, [self.hidden] * owners,
                 [self.num_patches] * self.depth)
+
+    def cost(self, attn_dims: list[int], hidden: list[int], tokens: list[int],
+             heads: list[int] | None = None) -> tuple[int, int]:
+        """(MACs per image, params) of the extracted model; `heads` (kept per owner) costs nothing on ViT."""
+        return cost(self, attn_dims, hidden, tokens)
+
+    def element_macs(self) -> dict[str, list[float]]:
+        return element_macs(self)
 
 
 def owner_linears(model: nn.Module, owner: int) -> tuple[nn.Linear, ...]:
@@ -69,9 +94,11 @@ def owner_linears(model: nn.Module, owner: int) -> tuple[nn.Linear, ...]:
     return blk.attn.qkv, blk.attn.proj, blk.mlp.fc1, blk.mlp.fc2
 
 
-def structure_of(model: nn.Module) -> Structure:
-    """Read the cost-model inputs off a plain, multiplexed or masked timm ViT/DeiT."""
+def structure_of(model: nn.Module) -> Structure | SwinStructure:
+    """Read the cost-model inputs off a plain, multiplexed or masked timm ViT/DeiT or Swin."""
     model = unwrap(model)
+    if is_swin(model):
+        return swin_structure_of(model)
     if getattr(model, "attn_pool", None) is not None:
         raise VitCompressError("ViT-Slim does not support attention-pooling (MAP) heads yet")
     blocks = list(model.blocks)

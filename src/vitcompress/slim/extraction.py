@@ -10,10 +10,12 @@ from torch import nn
 
 from vitcompress.errors import VitCompressError
 from vitcompress.models.spec import SPEC_ATTR, build_from_spec, get_spec, unwrap
+from vitcompress.models.swin import is_swin
 from vitcompress.slim.attach import MASKS_STEP, SLIM_STEP, is_masked, mask_tensors
 from vitcompress.slim.cost import structure_of
 from vitcompress.slim.pruned import GatheredBlock, PrunedAttention, slice_linear, slice_proj, slice_qkv
 from vitcompress.slim.selection import Selection
+from vitcompress.slim.swin_pruned import apply_swin_selection
 
 MASK_NAMES = ("dim_mask", "hidden_mask", "token_mask")
 
@@ -114,7 +116,10 @@ def rebuild_slim(model: nn.Module, step: dict[str, Any]) -> nn.Module:
 
 
 def apply_selection(model: nn.Module, selection: Selection) -> None:
-    """Slice an unmasked (plain or multiplexed) ViT in place to the widths and tokens `selection` keeps."""
+    """Slice an unmasked (plain or multiplexed) ViT or Swin in place to the widths and tokens `selection` keeps."""
+    if is_swin(model):
+        apply_swin_selection(model, selection)
+        return
     s = structure_of(model)
     selection.check(s)
     shared = getattr(model, "blocks_shared", None)

@@ -7,7 +7,10 @@ from typing import Any
 
 from vitcompress.config import BaseConfig
 from vitcompress.errors import VitCompressError
-from vitcompress.slim.cost import Structure, cost
+from vitcompress.slim.cost import Structure
+from vitcompress.slim.swin_cost import SwinStructure
+
+AnyStructure = Structure | SwinStructure
 
 
 def _is_index_list(value: Any) -> bool:
@@ -20,17 +23,19 @@ class Selection(BaseConfig):
 
     attn: list[list[list[int]]] | None = None
     """Per layer, per head: the kept head-dim indices (a head with none left is removed; q/k-norm models keep
-    heads whole). Layers sharing multiplexed weights must keep the same dims."""
+    heads whole). Layers sharing multiplexed weights must keep the same dims. On Swin, layers run in execution
+    order over all stages and each lists its own stage's heads."""
 
     mlp: list[list[int]] | None = None
     """Per layer: the kept MLP hidden units (shared by the layers of a multiplexed group)."""
 
     tokens: list[list[int]] | None = None
     """Per layer: the kept patch positions (0 .. num_patches-1), each layer's a subset of the previous layer's;
-    class/distillation/register tokens are always kept."""
+    class/distillation/register tokens are always kept. ViT only (Swin keeps every token)."""
 
     info: dict[str, Any] = dataclasses.field(default_factory=dict)
-    """How it was chosen and what it costs (target, shares, params, MACs, ratios); informational only."""
+    """How it was chosen and what it costs (target, shares, params, MACs, ratios; on Swin also `stage_shares`, the
+    kept share of each stage's attention dims and MLP units); informational only."""
 
     def validate(self) -> None:
         if self.attn is not None and not (
@@ -53,27 +58,33 @@ class Selection(BaseConfig):
                         "stays dropped, so each layer's kept tokens must be a subset of the previous layer's"
                     )
 
-    def check(self, s: Structure) -> None:
+    def check(self, s: AnyStructure) -> None:
         """Raise unless this selection fits a model of structure `s`."""
         lists = {"attn": self.attn, "mlp": self.mlp, "tokens": self.tokens}
         for name, value in lists.items():
             if value is not None and len(value) != s.depth:
                 raise VitCompressError(f"Selection.{name} has {len(value)} layers; the model has {s.depth}")
+        if self.tokens is not None and not s.has_tokens:
+            raise VitCompressError(
+                "Selection.tokens is set, but Swin keeps every token: the paper searched Swin without token "
+                "masks; select attention and MLP dims only"
+            )
         if self.attn is not None:
             for i, heads in enumerate(self.attn):
-                if len(heads) != s.num_heads:
+                num_heads, head_dim = s.heads_of(s.owner[i]), s.head_dim_of(s.owner[i])
+                if len(heads) != num_heads:
                     raise VitCompressError(f"Selection.attn layer {i} lists {len(heads)} heads; the model has "
-                                           f"{s.num_heads}")
+                                           f"{num_heads}")
                 for h, dims in enumerate(heads):
-                    _check_range(dims, s.head_dim, f"attn layer {i} head {h}")
-                    if s.per_head and len(dims) not in (0, s.head_dim):
+                    _check_range(dims, head_dim, f"attn layer {i} head {h}")
+                    if s.per_head and len(dims) not in (0, head_dim):
                         raise VitCompressError(
-                            f"Selection.attn layer {i} head {h} keeps {len(dims)} of {s.head_dim} dims; this model "
+                            f"Selection.attn layer {i} head {h} keeps {len(dims)} of {head_dim} dims; this model "
                             "has q/k-norm (a LayerNorm over head_dim), so heads are kept or removed whole"
                         )
         if self.mlp is not None:
             for i, units in enumerate(self.mlp):
-                _check_range(units, s.hidden, f"mlp layer {i}")
+                _check_range(units, s.hidden_of(s.owner[i]), f"mlp layer {i}")
         if self.tokens is not None:
             for i, kept in enumerate(self.tokens):
                 _check_range(kept, s.num_patches, f"tokens layer {i}")
@@ -91,7 +102,7 @@ class Selection(BaseConfig):
                         "indices; a shared weight is sliced once, so they must agree"
                     )
 
-    def widths(self, s: Structure) -> tuple[list[int], list[int], list[int]]:
+    def widths(self, s: AnyStructure) -> tuple[list[int], list[int], list[int]]:
         """(attention dims per owner, MLP units per owner, patch tokens per layer) this selection keeps."""
         attn, hidden, tokens = s.full()
         first = [s.layers_of(o)[0] for o in range(s.num_owners)]
@@ -103,10 +114,16 @@ class Selection(BaseConfig):
             tokens = [len(t) for t in self.tokens]
         return attn, hidden, tokens
 
-    def cost(self, s: Structure) -> tuple[int, int]:
+    def kept_heads(self, s: AnyStructure) -> list[int]:
+        """Heads that keep at least one dim, per owner (the others are removed on extraction)."""
+        if self.attn is None:
+            return [s.heads_of(o) for o in range(s.num_owners)]
+        return [sum(1 for h in self.attn[s.layers_of(o)[0]] if h) for o in range(s.num_owners)]
+
+    def cost(self, s: AnyStructure) -> tuple[int, int]:
         """(MACs per image, params) of the model this selection extracts."""
         self.check(s)
-        return cost(s, *self.widths(s))
+        return s.cost(*self.widths(s), self.kept_heads(s))
 
     @property
     def is_empty(self) -> bool:

@@ -31,39 +31,59 @@ from vitcompress.errors import VitCompressError
 from vitcompress.models.spec import unwrap
 from vitcompress.slim.attach import is_masked, mask_tensors
 from vitcompress.slim.config import MASK_TYPES
-from vitcompress.slim.cost import Structure, cost, structure_of
-from vitcompress.slim.selection import Selection
+from vitcompress.slim.cost import structure_of
+from vitcompress.slim.selection import AnyStructure, Selection
 
 MODES = ("share", "joint")
 
 
 class _Candidates:
-    """Every mask element of one type as flat numpy arrays, and the order in which thresholds keep them."""
+    """Every mask element of one type as flat numpy arrays, and the order in which thresholds keep them.
 
-    def __init__(self, score: np.ndarray, owner: np.ndarray, size: int, order: np.ndarray) -> None:
+    `shapes` are the owners' mask shapes (attn/mlp; they differ across Swin stages), laid out owner after owner;
+    `head` is the global head index of each attention element (for the heads an owner keeps).
+    """
+
+    def __init__(self, score: np.ndarray, owner: np.ndarray, size: int, order: np.ndarray,
+                 shapes: list[tuple[int, ...]] | None = None, head: np.ndarray | None = None) -> None:
         self.score, self.owner, self.size, self.order = score, owner, size, order
+        self.shapes, self.head = shapes, head
 
     def __len__(self) -> int:
         return len(self.score)
 
+    def per_owner(self, flags: np.ndarray) -> list[np.ndarray]:
+        """Flat per-element flags -> one array per owner, in the owner's mask shape."""
+        assert self.shapes is not None
+        offsets = np.cumsum([0] + [int(np.prod(shape)) for shape in self.shapes])
+        return [flags[a:b].reshape(shape) for a, b, shape in zip(offsets[:-1], offsets[1:], self.shapes, strict=True)]
 
-def _stack_abs(masks: list[torch.Tensor]) -> np.ndarray:
-    return torch.stack([m.detach().float().abs().cpu() for m in masks]).numpy()
+
+def _owner_arrays(masks: list[torch.Tensor]) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """|values| flat, owner of each element, and each owner's |values| in its own shape."""
+    vals = [m.detach().float().abs().cpu().numpy() for m in masks]
+    owner = np.concatenate([np.full(v.size, o) for o, v in enumerate(vals)])
+    return np.concatenate([v.ravel() for v in vals]), owner, vals
 
 
-def _candidates(model: nn.Module, s: Structure) -> dict[str, _Candidates]:
+def _candidates(model: nn.Module, s: AnyStructure) -> dict[str, _Candidates]:
     masks = mask_tensors(model)
     out = {}
     if "attn" in masks:
-        vals = _stack_abs(masks["attn"])  # (owners, heads, head_dim or 1)
-        o, h, e = (a.ravel() for a in np.indices(vals.shape))
-        # Highest first; ties dim by dim across heads, then across owners: a uniform structure.
-        order = np.lexsort((o, e * s.num_heads + h, -vals.ravel()))
-        out["attn"] = _Candidates(vals.ravel(), o, s.head_dim if s.per_head else 1, order)
+        score, o, vals = _owner_arrays(masks["attn"])  # per owner (heads, head_dim or 1)
+        # Rank of an element in a dim-by-dim sweep over its owner's heads, as a fraction of the owner's elements:
+        # ties (highest first) go dim by dim across heads, then across owners, so equal scores keep a uniform
+        # share of every owner even when owners differ in width (Swin stages).
+        grids = [np.indices(v.shape) for v in vals]
+        rank = np.concatenate([((e * v.shape[0] + h) / v.size).ravel() for (h, e), v in zip(grids, vals, strict=True)])
+        starts = np.cumsum([0] + [v.shape[0] for v in vals])
+        head = np.concatenate([(h + starts[i]).ravel() for i, (h, _) in enumerate(grids)])
+        size = s.head_dim_of(0) if s.per_head else 1  # per-head masks only on uniform ViTs with q/k-norm
+        out["attn"] = _Candidates(score, o, size, np.lexsort((o, rank, -score)), [v.shape for v in vals], head)
     if "mlp" in masks:
-        vals = _stack_abs(masks["mlp"])  # (owners, hidden)
-        o, u = (a.ravel() for a in np.indices(vals.shape))
-        out["mlp"] = _Candidates(vals.ravel(), o, 1, np.lexsort((o, u, -vals.ravel())))
+        score, o, vals = _owner_arrays(masks["mlp"])  # per owner (hidden,)
+        rank = np.concatenate([np.arange(v.size) / v.size for v in vals])
+        out["mlp"] = _Candidates(score, o, 1, np.lexsort((o, rank, -score)), [v.shape for v in vals])
     if "tokens" in masks:
         with torch.no_grad():
             keeps = torch.stack(unwrap(model).blocks.keeps()).float().cpu()  # (layers, patches)
@@ -84,7 +104,10 @@ class _Solver:
         if "tokens" in self.cands:
             last = self.cands["tokens"].score.reshape(self.s.depth, -1)[-1]
             self.forced_token = int(np.lexsort((np.arange(last.size), -last))[0])
-        self.full_macs, self.full_params = cost(self.s, *self.s.full())
+        self.full_macs, self.full_params = self.s.cost(*self.s.full())
+        if "attn" in self.cands:
+            c = self.cands["attn"]
+            self.head_owner = np.concatenate([np.full(shape[0], o) for o, shape in enumerate(c.shapes)])
 
     def taken(self, counts: dict[str, int]) -> dict[str, np.ndarray]:
         out = {}
@@ -109,21 +132,31 @@ class _Solver:
             tokens = taken["tokens"].reshape(self.s.depth, -1).sum(1).tolist()
         return attn, hidden, tokens
 
+    def kept_heads(self, taken: dict[str, np.ndarray]) -> list[int]:
+        """Heads with any dim kept, per owner (Swin drops the others' bias-table columns)."""
+        owners = self.s.num_owners
+        if "attn" not in taken:
+            return [self.s.heads_of(o) for o in range(owners)]
+        c = self.cands["attn"]
+        hit = np.bincount(c.head[taken["attn"]], minlength=len(self.head_owner)) > 0
+        return np.bincount(self.head_owner[hit], minlength=owners).tolist()
+
     def cost(self, taken: dict[str, np.ndarray]) -> tuple[int, int]:
-        return cost(self.s, *self.widths(taken))
+        return self.s.cost(*self.widths(taken), self.kept_heads(taken))
 
     def selection(self, taken: dict[str, np.ndarray], info: dict[str, Any]) -> Selection:
         s = self.s
         out: dict[str, Any] = {}
         if "attn" in taken and not taken["attn"].all():
-            flags = taken["attn"].reshape(s.num_owners, s.num_heads, -1)
+            flags = self.cands["attn"].per_owner(taken["attn"])  # per owner (heads, head_dim or 1)
             if s.per_head:
-                per_owner = [[list(range(s.head_dim)) if f[0] else [] for f in heads] for heads in flags]
+                per_owner = [[list(range(s.head_dim_of(o))) if f[0] else [] for f in heads]
+                             for o, heads in enumerate(flags)]
             else:
                 per_owner = [[np.flatnonzero(f).tolist() for f in heads] for heads in flags]
             out["attn"] = [per_owner[o] for o in s.owner]
         if "mlp" in taken and not taken["mlp"].all():
-            flags = taken["mlp"].reshape(s.num_owners, -1)
+            flags = self.cands["mlp"].per_owner(taken["mlp"])
             out["mlp"] = [np.flatnonzero(flags[o]).tolist() for o in s.owner]
         if "tokens" in taken and not taken["tokens"].all():
             out["tokens"] = [np.flatnonzero(f).tolist() for f in taken["tokens"].reshape(s.depth, -1)]
@@ -131,6 +164,9 @@ class _Solver:
         shares = {k: round(float(v.mean()), 6) for k, v in taken.items()}
         info = {**info, "shares": shares, "macs": macs, "params": params,
                 "macs_ratio": macs / self.full_macs, "params_ratio": params / self.full_params}
+        if hasattr(s, "stage_shares"):  # Swin: how the kept dims spread over the stages
+            per_stage = s.stage_shares(*self.widths(taken)[:2])
+            info["stage_shares"] = {k: [round(v, 6) for v in vals] for k, vals in per_stage.items()}
         return Selection(**out, info=info)
 
 

@@ -13,7 +13,7 @@ from vitcompress.errors import VitCompressError
 from vitcompress.models.spec import unwrap
 from vitcompress.slim.attach import is_masked, mask_tensors
 from vitcompress.slim.config import SparsityConfig
-from vitcompress.slim.cost import element_macs, structure_of
+from vitcompress.slim.cost import structure_of
 from vitcompress.train.config import TrainConfig
 from vitcompress.train.objectives import CrossEntropyObjective, Objective
 from vitcompress.train.optim import make_param_groups
@@ -23,12 +23,13 @@ def element_weights(model: nn.Module, config: SparsityConfig) -> dict[str, list[
     """ℓ1 weight per owner (attn, mlp) or layer (tokens): the type's weight, optionally × relative MACs.
 
     With `macs_weighted`, an element's weight is scaled by the MACs it controls over the mean element of its
-    type (`element_macs`), so the per-type weights keep their paper meaning while costly elements pay more.
+    type (the structure's `element_macs`), so the per-type weights keep their paper meaning while costly
+    elements pay more.
     """
     model = unwrap(model)
     masks = mask_tensors(model)
     s = structure_of(model)
-    macs = element_macs(s)
+    macs = s.element_macs()
     out = {}
     for kind, tensors in masks.items():
         w = config.weight(kind)

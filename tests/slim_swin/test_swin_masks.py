@@ -1,0 +1,86 @@
+"""Masks on Swin: exact at init (shifted windows), one mask per block or shared group, no token masks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+import vitcompress as vc
+from vitcompress.models.layers import transformer_layers
+from vitcompress.slim.sparsity import element_weights, sparsity_loss
+from vitcompress.slim.swin_masked import MaskedWindowAttention
+
+from .conftest import build_swin, randomize_masks, swin_images
+
+
+def test_all_ones_masks_reproduce_timm(swin_config):
+    model = build_swin(swin_config)
+    assert any(any(blk.shift_size) for blk in transformer_layers(model)), "the config should shift windows"
+    masked = vc.attach_masks(model).eval()
+    images = swin_images(model)
+    with torch.no_grad():
+        assert_close(masked(images), model(images))
+    extra = set(masked.state_dict()) - set(model.state_dict())
+    prefixes = [f"layers.{s}.blocks.{b}" for s, st in enumerate(model.layers) for b in range(len(st.blocks))]
+    assert extra == {f"{p}.{m}" for p in prefixes for m in ("attn.dim_mask", "mlp.hidden_mask")}
+    for blk, orig in zip(transformer_layers(masked), transformer_layers(model), strict=True):
+        assert isinstance(blk.attn, MaskedWindowAttention)
+        heads = orig.attn.num_heads
+        assert blk.attn.dim_mask.shape == (heads, orig.attn.qkv.out_features // (3 * heads))
+        assert blk.mlp.hidden_mask.shape == (orig.mlp.fc1.out_features,)
+
+
+def test_masks_change_the_function_and_train():
+    model = build_swin("w4_64")
+    masked = randomize_masks(vc.attach_masks(model)).train()
+    images = swin_images(model)
+    with torch.no_grad():
+        assert not torch.allclose(masked.eval()(images), model(images), atol=1e-3)
+    masked.train()
+    masked(images).logsumexp(-1).sum().backward()
+    names = [n for n, _ in masked.named_parameters() if "mask" in n]
+    assert len(names) == 8 and all(masked.get_parameter(n).grad is not None for n in names)
+    assert model.layers[0].blocks[0].attn.qkv.weight.grad is None  # the source model is left alone
+
+
+def test_sparsity_loss_and_macs_weighting():
+    masked = randomize_masks(vc.attach_masks(build_swin("w4_64")))
+    cfg = vc.SparsityConfig(attn_weight=2e-4, mlp_weight=5e-5)
+    loss, parts = sparsity_loss(masked, element_weights(masked, cfg))
+    blocks = transformer_layers(masked)
+    attn = sum(b.attn.dim_mask.abs().sum() for b in blocks)
+    mlp = sum(b.mlp.hidden_mask.abs().sum() for b in blocks)
+    assert_close(loss, 2e-4 * attn + 5e-5 * mlp)
+    assert set(parts) == {"mask_attn", "mask_mlp"}
+    weighted = element_weights(masked, vc.SparsityConfig(macs_weighted=True))
+    # Stage 1 (16x16 map) costs more per attention dim than stage 2 (8x8): it is pushed harder.
+    assert weighted["attn"][0] > weighted["attn"][2]
+    sizes = [b.attn.dim_mask.numel() for b in blocks]
+    mean = sum(w * n for w, n in zip(weighted["attn"], sizes, strict=True)) / sum(sizes)
+    assert mean == pytest.approx(cfg.attn_weight)
+
+
+def test_token_masks_are_refused_clearly():
+    model = build_swin("w4_64")
+    with pytest.raises(vc.VitCompressError, match="paper searched Swin without token masks; use attn/mlp masks"):
+        vc.attach_masks(model, vc.SlimConfig(tokens=True))
+    masked = vc.attach_masks(model, vc.SlimConfig())
+    with pytest.raises(vc.VitCompressError, match="no tokens masks"):
+        vc.select(masked, dims={"tokens": 0.5})
+    with pytest.raises(vc.VitCompressError, match="without token masks"):
+        vc.extract(masked, vc.Selection(tokens=[[0]] * 4))
+
+
+def test_refusals():
+    model = build_swin("w4_64")
+    masked = vc.attach_masks(model, vc.SlimConfig(mlp=False))
+    assert not any("hidden_mask" in k for k in masked.state_dict())
+    with pytest.raises(vc.VitCompressError, match="already masked"):
+        vc.attach_masks(masked)
+    with pytest.raises(vc.VitCompressError, match="no mlp masks"):
+        vc.binarize(masked, vc.Selection(mlp=[[0]] * 4))
+    with pytest.raises(vc.VitCompressError, match="select needs a masked model"):
+        vc.select(model, macs=0.5)
+    with pytest.raises(vc.VitCompressError, match="lists 3 heads; the model has 4"):
+        vc.extract(model, vc.Selection(attn=[[[0], [0]]] * 2 + [[[0]] * 3] * 2))
