@@ -154,6 +154,9 @@ def read_accuracy(runs: dict[str, Any]) -> dict[str, dict[str, float]]:
         if name == "teacher":
             continue
         report = json.loads((run["dir"] / "report.json").read_text())
+        if "model" in report:  # a `vitcompress train` run (the teacher trained on): no student/teacher pair
+            acc[name] = {"top1": report["model"]["top-1 (%)"], "top5": report["model"]["top-5 (%)"]}
+            continue
         seen = report["teacher"]["top-1 (%)"]
         if abs(seen - teacher["top-1 (%)"]) > 1e-6:
             print(f"WARNING: {name} evaluated the teacher at {seen:.2f}% top-1, its own run at "
