@@ -1,0 +1,251 @@
+"""The two structured-pruning baselines of the slimming benchmark, each as a `vitcompress.Selection`.
+
+Both prune what ViT-Slim prunes (attention dims per head and MLP hidden units; never the embedding width) down to a
+MACs budget, and both end as `vc.extract(teacher, selection)`: the same sliced modules, the same save/load and the
+same fine-tuning as the ViT-Slim models, so the benchmark compares what is kept, not how it is executed.
+
+    uniform_selection   every layer keeps the same number of dims per head and of MLP units, the ones with the
+                        largest weight magnitude (ℓ1 norm of their qkv rows / fc1 row)
+    taylor_prune        Torch-Pruning's MetaPruner with GroupTaylorImportance on the timm model itself; the dims and
+                        units it kept are read back off the pruned weights into a Selection, and the model extracted
+                        from it is checked against Torch-Pruning's own pruned model
+
+Torch-Pruning on current timm (1.0.31), what this module does about its traps:
+- Its documented ViT recipe rebinds `Attention.forward` to a `forward(self, x)`; timm's `Block` now calls
+  `attn(x, attn_mask=...)`, so that recipe fails (`documented_recipe_error` shows the exception). timm's own forward
+  reshapes by `self.attn_dim`, so no rebinding is needed: after pruning we only set `num_heads`, `head_dim` and
+  `attn_dim`.
+- After head-dim pruning, timm's fused path calls SDPA without `scale`, i.e. 1/√(new head_dim), while the manual
+  path multiplies by the stale `self.scale` = 1/√(original head_dim). The two paths of one pruned model disagree;
+  `taylor_prune` measures by how much. Only the original scale computes, on the kept dims, what the unpruned model
+  computed; that is what `vc.extract` keeps, and the check runs the pruned model on its manual path.
+- `MetaPruner`'s channel-group arguments are mutable default dicts that it updates (`out_channel_groups.update(
+  num_heads)`), so every pruner built without them leaks its modules into the next; we always pass fresh dicts.
+"""
+
+from __future__ import annotations
+
+import copy
+import types
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+import vitcompress as vc
+from vitcompress.slim.cost import cost, structure_of
+
+# ------------------------------------------------------------------------------------------------ shared pieces
+
+
+def macs_ratio(model: nn.Module, size: Sequence[int], full_macs: int) -> float:
+    return vc.count_macs(model, size) / full_macs
+
+
+def _top(scores: Tensor, k: int) -> list[int]:
+    """Indices of the `k` largest scores, ascending (ties: lower index first)."""
+    order = sorted(range(scores.numel()), key=lambda i: (-float(scores[i]), i))
+    return sorted(order[:k])
+
+
+# ------------------------------------------------------------------------------------------- uniform magnitude
+
+
+def magnitude_scores(model: nn.Module) -> tuple[list[Tensor], list[Tensor]]:
+    """Per layer: (heads, head_dim) ℓ1 norms of each attention dim's q, k and v rows; (hidden,) ℓ1 of fc1 rows."""
+    attn, mlp = [], []
+    for blk in model.blocks:
+        a = blk.attn
+        rows = a.qkv.weight.detach().abs().sum(1).view(3, a.num_heads, a.head_dim)
+        attn.append(rows.sum(0))
+        mlp.append(blk.mlp.fc1.weight.detach().abs().sum(1))
+    return attn, mlp
+
+
+def uniform_selection(model: nn.Module, target: float) -> vc.Selection:
+    """Every layer keeps k dims in every head and m MLP units (largest ℓ1 first), at most `target` of the MACs.
+
+    The shared share s is the largest with k = round(s·head_dim), m = round(s·hidden) within budget; one step of
+    k moves the MACs by several percent on small models, so m is then raised as far as the budget allows (the
+    MLP share ends at most one k-step above the attention share). Costs are the analytic ones of
+    `vitcompress.slim.cost` (what `count_macs` measures on the extracted model).
+    """
+    s = structure_of(model)
+    full = cost(s, *s.full())[0]
+    attn_scores, mlp_scores = magnitude_scores(model)
+
+    def selection(k: int, m: int) -> vc.Selection:
+        return vc.Selection(attn=[[_top(layer[h], k) for h in range(s.num_heads)] for layer in attn_scores],
+                            mlp=[_top(layer, m) for layer in mlp_scores])
+
+    def fits(k: int, m: int) -> bool:
+        return selection(k, m).cost(s)[0] <= target * full
+
+    count = lambda share, n: int(share * n + 0.5)
+    lo, hi = 0.0, 1.0
+    if not fits(count(lo, s.head_dim), count(lo, s.hidden)):
+        raise ValueError(f"MACs target {target} is below what removing every attention dim and MLP unit leaves")
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if fits(count(mid, s.head_dim), count(mid, s.hidden)) else (lo, mid)
+    k, m = count(lo, s.head_dim), count(lo, s.hidden)
+    while m < s.hidden and fits(k, m + 1):
+        m += 1
+    sel = selection(k, m)
+    macs, params = sel.cost(s)
+    sel.info = {"method": "uniform ℓ1 magnitude", "target": {"macs": target}, "dims_per_head": k, "mlp_units": m,
+                "attn_share": k / s.head_dim, "mlp_share": m / s.hidden, "macs": macs, "params": params,
+                "macs_ratio": macs / full}
+    return sel
+
+
+# ------------------------------------------------------------------------------------------------ Torch-Pruning
+
+
+def _set_heads(model: nn.Module, pruner: Any) -> None:
+    for blk in model.blocks:
+        a = blk.attn
+        a.num_heads = pruner.num_heads[a.qkv]
+        a.head_dim = a.qkv.out_features // (3 * a.num_heads)
+        a.attn_dim = a.num_heads * a.head_dim  # timm 1.0.31 reshapes the attention output by attn_dim
+
+
+TP_RANKINGS = ("global", "uniform", "isomorphic")
+
+
+def taylor_gradients(teacher: nn.Module, batches: list[tuple[Tensor, Tensor]]) -> nn.Module:
+    """A copy of `teacher` holding the CE gradients summed over `batches`: what Taylor importance reads."""
+    model = copy.deepcopy(teacher).train()  # no dropout / drop-path in the digits teacher: train == eval here
+    model.zero_grad(set_to_none=True)
+    for images, targets in batches:
+        F.cross_entropy(model(images), targets).backward()
+    return model
+
+
+def tp_prune_once(with_grads: nn.Module, ratio: float, size: Sequence[int], ranking: str = "global") -> nn.Module:
+    """A copy of `with_grads` (from `taylor_gradients`) pruned by Torch-Pruning's Taylor importance.
+
+    Attention head dims and MLP hidden units are pruned. `ranking`: "global" (one threshold over all layers),
+    "uniform" (the same ratio in every layer: Torch-Pruning's default) or "isomorphic" (global within groups of
+    the same structure: attention apart from MLP).
+    """
+    import torch_pruning as tp
+
+    if ranking not in TP_RANKINGS:
+        raise ValueError(f"ranking={ranking!r} is not one of {TP_RANKINGS}")
+    model = copy.deepcopy(with_grads)  # deepcopy drops .grad: copy the gradients over
+    for p, src in zip(model.parameters(), with_grads.parameters(), strict=True):
+        p.grad = None if src.grad is None else src.grad.clone()
+    # Roots of the embedding-width group are ignored, so only the internal widths are pruned (as ViT-Slim does).
+    ignored = [model.head, model.patch_embed, *(b.attn.proj for b in model.blocks),
+               *(b.mlp.fc2 for b in model.blocks)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "unwrapped parameters" (pos_embed, cls_token): never pruned here
+        pruner = tp.pruner.MetaPruner(
+            model, torch.randn(1, *size), importance=tp.importance.GroupTaylorImportance(),
+            global_pruning=ranking != "uniform", isomorphic=ranking == "isomorphic", pruning_ratio=ratio,
+            ignored_layers=ignored,
+            num_heads={b.attn.qkv: b.attn.num_heads for b in model.blocks},
+            prune_num_heads=False, prune_head_dims=True,
+            in_channel_groups={}, out_channel_groups={}, channel_groups={},  # fresh: TP mutates its defaults
+        )
+        pruner.step()
+    _set_heads(model, pruner)
+    model.zero_grad(set_to_none=True)
+    return model.eval()
+
+
+def _match_rows(pruned: Tensor, original: Tensor) -> list[int]:
+    """Index in `original` of every row of `pruned` (rows are exact copies; Torch-Pruning keeps their order)."""
+    out = []
+    for row in pruned:
+        hits = (original == row).all(dim=1).nonzero().flatten().tolist()
+        if len(hits) != 1:
+            raise RuntimeError(f"a pruned row matches {len(hits)} original rows; cannot read back the selection")
+        out.append(hits[0])
+    if out != sorted(out):
+        raise RuntimeError("pruned rows are not in their original order")
+    return out
+
+
+def selection_from_pruned(teacher: nn.Module, pruned: nn.Module) -> vc.Selection:
+    """The attention dims and MLP units a Torch-Pruning model kept, as a Selection on the unpruned teacher."""
+    attn, mlp = [], []
+    for t_blk, p_blk in zip(teacher.blocks, pruned.blocks, strict=True):
+        ta, pa = t_blk.attn, p_blk.attn
+        parts = [_match_rows(w, w0) for w, w0 in zip(pa.qkv.weight.detach().chunk(3), ta.qkv.weight.detach().chunk(3),
+                                                      strict=True)]
+        if not parts[0] == parts[1] == parts[2]:
+            raise RuntimeError("Torch-Pruning kept different dims in q, k and v")
+        heads = [[] for _ in range(ta.num_heads)]
+        for flat in parts[0]:
+            heads[flat // ta.head_dim].append(flat % ta.head_dim)
+        attn.append(heads)
+        mlp.append(_match_rows(p_blk.mlp.fc1.weight.detach(), t_blk.mlp.fc1.weight.detach()))
+    return vc.Selection(attn=attn, mlp=mlp)
+
+
+def taylor_prune(teacher: nn.Module, batches: list[tuple[Tensor, Tensor]], target: float, size: Sequence[int],
+                 check_images: Tensor, ranking: str = "global", tolerance: float = 0.01, max_trials: int = 20
+                 ) -> tuple[nn.Module, vc.Selection, dict[str, Any]]:
+    """Torch-Pruning to `target` of the teacher's MACs (measured by `count_macs`), within `tolerance` below it.
+
+    The pruning ratio is bisected; each trial prunes a fresh copy. Returns Torch-Pruning's own model (on its manual
+    attention path, the original scale), the Selection read off it, and what was checked on the way.
+    """
+    full = vc.count_macs(teacher, size)
+    with_grads = taylor_gradients(teacher, batches)
+    lo, hi, best, trials = 0.0, 0.95, None, 0
+    while trials < max_trials:
+        trials += 1
+        mid = (lo + hi) / 2
+        model = tp_prune_once(with_grads, mid, size, ranking)
+        got = macs_ratio(model, size, full)
+        if got > target:
+            lo = mid
+            continue
+        hi, best = mid, (mid, got, model)
+        if got >= target * (1 - tolerance):
+            break
+    if best is None:
+        raise RuntimeError(f"Torch-Pruning did not reach {target} of the MACs within {max_trials} trials")
+    ratio, got, model = best
+    selection = selection_from_pruned(teacher, model)
+    small = vc.extract(teacher, selection).eval()
+    with torch.no_grad():
+        fused = model(check_images)  # timm's default fused path: SDPA's 1/sqrt(new head_dim)
+        for blk in model.blocks:
+            blk.attn.fused_attn = False  # manual path: self.scale, still the original head's
+        manual = model(check_images)
+        ours = small(check_images)
+    torch.testing.assert_close(ours, manual, rtol=1e-4, atol=1e-4)
+    info = {"method": f"Torch-Pruning GroupTaylorImportance, {ranking} ranking", "target": {"macs": target},
+            "pruning_ratio": ratio, "trials": trials, "macs_ratio": got,
+            "macs_ratio_extracted": macs_ratio(small, size, full),
+            "max_abs_diff_extracted_vs_tp": float((ours - manual).abs().max()),
+            "max_abs_diff_tp_fused_vs_manual": float((fused - manual).abs().max()),
+            "head_dims": [b.attn.head_dim for b in model.blocks],
+            "mlp_units": [b.mlp.fc1.out_features for b in model.blocks]}
+    selection.info = {k: v for k, v in info.items() if k in ("method", "target", "pruning_ratio", "macs_ratio")}
+    return model, selection, info
+
+
+def recipe_forward(self: nn.Module, x: Tensor) -> Tensor:
+    """The signature Torch-Pruning's timm-ViT recipe rebinds `Attention.forward` to (no `attn_mask`)."""
+    raise AssertionError("not reached on timm 1.0.31, whose Block passes attn_mask")
+
+
+def documented_recipe_error(teacher: nn.Module, size: Sequence[int]) -> str:
+    """What Torch-Pruning's documented timm-ViT recipe (rebinding `Attention.forward(self, x)`) does on this timm."""
+    model = copy.deepcopy(teacher).eval()
+    for blk in model.blocks:
+        blk.attn.forward = types.MethodType(recipe_forward, blk.attn)
+    try:
+        with torch.no_grad():
+            model(torch.randn(1, *size))
+    except TypeError as e:
+        return f"TypeError: {e}"
+    return "no error (this timm does not pass attn_mask)"
