@@ -87,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="share each mask type keeps, e.g. attn=0.7 mlp=0.7 tokens=0.9")
     p.add_argument("--mode", choices=["share", "joint"], default="share",
                    help="for --macs/--params: the same share for every mask type, or one joint threshold")
+    p.add_argument("--equal-heads", action="store_true",
+                   help="every head of a layer keeps the same number of dims: one attention call per layer, "
+                        "faster on small models")
     p.add_argument("--latency", action="store_true", help="also time original and extracted on CPU (batch 1, 32)")
     p.add_argument("-o", "--out", required=True, help="output directory for the extracted model")
 
@@ -189,7 +192,8 @@ def run(argv: list[str] | None = None) -> Any:
         from vitcompress.jobs.slim import extract_job
 
         result = extract_job(args.search, args.out, macs=args.macs, params=args.params,
-                             dims=_parse_dims(args.dims), mode=args.mode, latency=args.latency)
+                             dims=_parse_dims(args.dims), mode=args.mode, equal_heads=args.equal_heads,
+                             latency=args.latency)
         print((Path(args.out) / "report.md").read_text())
         return result
 

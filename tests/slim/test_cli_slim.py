@@ -63,6 +63,16 @@ def test_extract_by_dims_and_joint(search_dir, tmp_path):
     assert vc.load(tmp_path / "j") is not None
 
 
+def test_extract_with_equal_heads(search_dir, tmp_path):
+    out = tmp_path / "eq"
+    assert main(["slim", "extract", "--search", str(search_dir / "search"), "--dims", "attn=0.3", "--equal-heads",
+                 "-o", str(out)]) == 0
+    selection = vc.Selection.from_dict(json.loads((out / "selection.json").read_text()))
+    assert selection.info["equal_heads"]
+    assert all(len({len(h) for h in layer}) == 1 for layer in selection.attn)
+    assert all(len(blk.attn.groups) == 1 for blk in vc.load(out).blocks)
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [

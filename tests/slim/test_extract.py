@@ -18,6 +18,7 @@ SELECTIONS = {
     "joint": dict(macs=0.5, mode="joint"),
     "share": dict(macs=0.6),
     "params": dict(params=0.5),
+    "equal_heads": dict(macs=0.5, mode="joint", equal_heads=True),
 }
 
 
@@ -40,6 +41,17 @@ def test_extract_reproduces_binarize_and_its_analytic_cost(make_vit, variant, pe
     assert sel.info["macs"] == vc.count_macs(small, size_of(small))
     assert sel.info["params"] == vc.count_params(small)
     assert sel.info["macs"] < vc.count_macs(model, size_of(model))
+
+
+def test_equal_heads_run_one_attention_call_per_layer(make_vit, randomize, images):
+    masked = randomize(vc.attach_masks(make_vit("deit3_layerscale"), vc.SlimConfig(tokens=True)))
+    ragged = vc.extract(masked, vc.select(masked, macs=0.5, mode="joint"))
+    sel = vc.select(masked, macs=0.5, mode="joint", equal_heads=True)
+    small = vc.extract(masked, sel)
+    assert max(len(blk.attn.groups) for blk in ragged.blocks) > 1
+    assert all(len(blk.attn.groups) == 1 for blk in small.blocks)
+    with torch.no_grad():
+        assert_close(small(images), vc.binarize(masked, sel)(images))
 
 
 def test_binarize_sets_masks_to_exactly_zero_or_one(make_vit, randomize):
@@ -67,6 +79,30 @@ def test_ragged_heads_and_removed_heads(make_vit, perturb, images):
     with torch.no_grad():
         assert_close(small(images), vc.binarize(masked, sel)(images))
     assert sel.cost(structure_of(masked))[0] == vc.count_macs(small, size_of(small))
+
+
+def test_qkv_rows_are_laid_out_group_by_group(make_vit):
+    # Each width group's rows are [q | k | v] of its heads, so one reshape per group splits them (timm's layout
+    # for a layer whose heads all kept the same width).
+    model = make_vit("deit3_layerscale")  # 4 heads of 16, embedding 64
+    kept = [[list(range(16)), [0, 3, 5], [], [1, 2, 4]]] + [[list(range(16))] * 4] * (len(model.blocks) - 1)
+    small = vc.extract(model, vc.Selection(attn=kept))
+    dims = {h: [h * 16 + e for e in kept[0][h]] for h in range(4)}  # flat head-dim index of each kept dim
+    rows = [part * 64 + i for heads in ([1, 3], [0]) for part in range(3) for h in heads for i in dims[h]]
+    assert torch.equal(small.blocks[0].attn.qkv.weight, model.blocks[0].attn.qkv.weight[rows])
+    cols = [i for h in (1, 3, 0) for i in dims[h]]
+    assert torch.equal(small.blocks[0].attn.proj.weight, model.blocks[0].attn.proj.weight[:, cols])
+    assert torch.equal(small.blocks[1].attn.qkv.weight, model.blocks[1].attn.qkv.weight)  # all kept: unchanged
+
+
+def test_a_model_saved_with_the_old_qkv_layout_is_refused(make_vit):
+    from vitcompress.models.spec import build_from_spec
+
+    small = vc.extract(make_vit("vit"), vc.Selection(attn=[[[0, 1]] * 2] * 3))
+    spec = small.vitcompress_spec
+    del spec["steps"][-1]["qkv_layout"]  # as written before the grouped layout
+    with pytest.raises(vc.VitCompressError, match="extract it again from its search"):
+        build_from_spec(spec)
 
 
 def test_extract_leaves_the_masked_model_alone_and_trains(make_vit, randomize, images):

@@ -32,7 +32,8 @@ def test_masks_are_exact_at_init_and_extract_matches_binarize(make_vit, perturb,
     with torch.no_grad():
         assert_close(masked(images), mx(images))
     randomize(masked)
-    for budget in (dict(macs=0.5), dict(dims={"attn": 0.3}), dict(params=0.4, mode="joint")):
+    for budget in (dict(macs=0.5), dict(dims={"attn": 0.3}), dict(params=0.4, mode="joint"),
+                   dict(macs=0.5, equal_heads=True)):
         sel = vc.select(masked, **budget)
         small = vc.extract(masked, sel).eval()
         with torch.no_grad():

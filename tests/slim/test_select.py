@@ -110,3 +110,39 @@ def test_budget_curve_is_monotone(masked):
     assert curve[0]["macs_ratio"] == 1.0 and curve[0]["params_ratio"] == 1.0
     macs = [row["macs_ratio"] for row in curve]
     assert macs == sorted(macs, reverse=True) and macs[-1] > 0
+
+
+@pytest.mark.parametrize("mode", ["share", "joint"])
+def test_equal_heads_meet_the_budget_with_one_width_per_layer(masked, mode):
+    ragged = vc.select(masked, macs=0.5, mode=mode)
+    sel = vc.select(masked, macs=0.5, mode=mode, equal_heads=True)
+    assert any(len({len(h) for h in layer}) > 1 for layer in ragged.attn), "random masks should give ragged heads"
+    assert all(len({len(h) for h in layer}) == 1 for layer in sel.attn)
+    assert 0.48 < sel.info["macs_ratio"] <= 0.5 and sel.info["equal_heads"]
+    assert sel.cost(structure_of(masked)) == (sel.info["macs"], sel.info["params"])
+
+
+def test_equal_heads_keep_each_heads_best_dims(make_vit):
+    import torch
+
+    masked = vc.attach_masks(make_vit("deit3_layerscale"), vc.SlimConfig(mlp=False))  # 2 layers, 4 heads of 16
+    with torch.no_grad():
+        for blk in masked.blocks:
+            blk.attn.dim_mask.copy_(torch.linspace(1, 0, 64).roll(7).reshape(4, 16))  # heads differ in scores
+    ragged = vc.select(masked, dims={"attn": 0.25})  # threshold: 16 dims of a layer, unevenly over heads
+    sel = vc.select(masked, dims={"attn": 0.25}, equal_heads=True)
+    assert [len(h) for h in ragged.attn[0]] != [4] * 4
+    for layer, blk in zip(sel.attn, masked.blocks, strict=True):
+        assert [len(h) for h in layer] == [4] * 4  # 16 dims over 4 heads
+        for h, dims in enumerate(layer):
+            assert dims == sorted(blk.attn.dim_mask[h].argsort(descending=True, stable=True)[:4].tolist())
+
+
+def test_equal_heads_on_whole_head_masks_change_nothing(make_vit, randomize):
+    masked = randomize(vc.attach_masks(make_vit("qk_norm"), vc.SlimConfig()))
+    assert vc.select(masked, macs=0.6, equal_heads=True).attn == vc.select(masked, macs=0.6).attn
+
+
+def test_equal_heads_must_be_a_bool(masked):
+    with pytest.raises(vc.VitCompressError, match="equal_heads"):
+        vc.select(masked, macs=0.5, equal_heads="yes")

@@ -20,6 +20,7 @@ SELECTIONS = {
     "joint": dict(macs=0.5, mode="joint"),
     "share": dict(macs=0.6),
     "params": dict(params=0.5),
+    "equal_heads": dict(macs=0.5, mode="joint", equal_heads=True),
 }
 
 

@@ -134,6 +134,7 @@ def extract_job(
     params: float | None = None,
     dims: dict[str, float] | None = None,
     mode: str = "share",
+    equal_heads: bool = False,
     latency: bool = False,
 ) -> dict[str, Any]:
     """Pick a budget from a search directory and save the physically smaller model (no re-search, seconds)."""
@@ -142,7 +143,7 @@ def extract_job(
     if not any(step["kind"] == "slim_masks" for step in masked.vitcompress_spec["steps"]):
         raise VitCompressError(f"{search} holds no masked model; pass the -o directory of `vitcompress slim search`")
     start = time.perf_counter()
-    selection = select(masked, macs=macs, params=params, dims=dims, mode=mode)
+    selection = select(masked, macs=macs, params=params, dims=dims, mode=mode, equal_heads=equal_heads)
     small = extract(masked, selection).eval()
     elapsed = time.perf_counter() - start
     keep = {k: v for k, v in extra.items() if k in ("data", "slim", "sparsity")}

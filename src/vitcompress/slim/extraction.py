@@ -13,7 +13,14 @@ from vitcompress.models.spec import SPEC_ATTR, build_from_spec, get_spec, unwrap
 from vitcompress.models.swin import is_swin
 from vitcompress.slim.attach import MASKS_STEP, SLIM_STEP, is_masked, mask_tensors
 from vitcompress.slim.cost import structure_of
-from vitcompress.slim.pruned import GatheredBlock, PrunedAttention, slice_linear, slice_proj, slice_qkv
+from vitcompress.slim.pruned import (
+    QKV_LAYOUT,
+    GatheredBlock,
+    PrunedAttention,
+    slice_linear,
+    slice_proj,
+    slice_qkv,
+)
 from vitcompress.slim.selection import Selection
 from vitcompress.slim.swin_pruned import apply_swin_selection
 
@@ -92,7 +99,7 @@ def extract(model: nn.Module, selection: Selection) -> nn.Module:
         for name, buf in module._buffers.items():
             if buf is not None and buf.device != device:
                 module._buffers[name] = buf.to(device)
-    step = {"kind": SLIM_STEP, "selection": selection.to_dict()}
+    step = {"kind": SLIM_STEP, "selection": selection.to_dict(), "qkv_layout": QKV_LAYOUT}
     setattr(plain, SPEC_ATTR, {"base": base_spec["base"], "steps": [*base_spec["steps"], step]})
     return plain.train(model.training)
 
@@ -111,6 +118,11 @@ def _unshare(model: nn.Module, source: set[int]) -> None:
 
 def rebuild_slim(model: nn.Module, step: dict[str, Any]) -> nn.Module:
     """Redo a recorded slim step on a freshly built model (weights are loaded afterwards)."""
+    if step.get("qkv_layout") != QKV_LAYOUT and Selection.from_dict(step["selection"]).attn is not None:
+        raise VitCompressError(
+            "this slimmed model was saved by an older vitcompress whose qkv row layout differs; "
+            "extract it again from its search (`vitcompress slim extract --search <dir>`)"
+        )
     apply_selection(model, Selection.from_dict(step["selection"]))
     return model
 

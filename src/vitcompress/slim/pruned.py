@@ -2,7 +2,9 @@
 
 Ragged heads. After slimming, heads keep different numbers of dims. Heads of equal width form a group and each
 group runs one attention (fused SDPA, with the *original* head's scale), so the result is exact and the MACs
-count only real dims. qkv rows and proj columns are laid out group by group, head by head.
+count only real dims. qkv rows are laid out group by group, and within a group as timm lays out a whole layer
+(q of its heads, then k, then v), so one reshape per group gives its q, k and v: a layer whose heads all kept
+the same width runs exactly timm's sequence of ops. proj columns follow the group order, head by head.
 
 Head mixing (multiplexed attention transformation). It mixes attention maps across heads, so a head with no
 dims left still contributes a map: its logits are exactly zero in the reference (q and k zeroed), which pre-
@@ -19,10 +21,9 @@ from torch import Tensor, nn
 
 from vitcompress.errors import VitCompressError
 
-
-def _rows(kept: list[list[int]], head_dim: int, order: list[int]) -> list[int]:
-    """Flat indices (into heads·head_dim) of the kept dims, head by head in `order`."""
-    return [h * head_dim + e for h in order for e in kept[h]]
+QKV_LAYOUT = "grouped"
+"""Recorded in the slim spec step: qkv rows per width group as [q | k | v] of the group's heads. Models extracted
+before this layout (rows as [q of all heads | k | v]) would load with permuted rows, so they are refused."""
 
 
 def slice_linear(linear: nn.Linear, out_index: list[int] | None = None, in_index: list[int] | None = None
@@ -53,15 +54,46 @@ def head_order(kept: list[list[int]]) -> list[int]:
     return sorted((h for h, dims in enumerate(kept) if dims), key=lambda h: (len(kept[h]), h))
 
 
+def width_groups(kept: list[list[int]]) -> list[tuple[int, list[int]]]:
+    """(width, heads) of each run of equal-width heads in `head_order`: one attention call per group."""
+    groups: list[tuple[int, list[int]]] = []
+    for h in head_order(kept):
+        if groups and groups[-1][0] == len(kept[h]):
+            groups[-1][1].append(h)
+        else:
+            groups.append((len(kept[h]), [h]))
+    return groups
+
+
 def slice_qkv(qkv: nn.Linear, kept: list[list[int]], head_dim: int) -> nn.Linear:
-    order = head_order(kept)
-    rows = _rows(kept, head_dim, order)
+    """qkv rows of the kept dims, group by group, each group as [q | k | v] of its heads (see QKV_LAYOUT)."""
     width = len(kept) * head_dim
-    return slice_linear(qkv, out_index=[part * width + r for part in range(3) for r in rows])
+    rows = [part * width + h * head_dim + e for _, heads in width_groups(kept) for part in range(3)
+            for h in heads for e in kept[h]]
+    return slice_linear(qkv, out_index=rows)
 
 
 def slice_proj(proj: nn.Linear, kept: list[list[int]], head_dim: int) -> nn.Linear:
-    return slice_linear(proj, in_index=_rows(kept, head_dim, head_order(kept)))
+    return slice_linear(proj, in_index=[h * head_dim + e for h in head_order(kept) for e in kept[h]])
+
+
+class GroupedQKV:
+    """Splits a grouped-layout qkv output into each width group's q, k, v of shape (B, heads, N, width)."""
+
+    def __init__(self, groups: list[tuple[int, list[int]]]) -> None:
+        self.sizes = [3 * width * len(heads) for width, heads in groups]
+        self.shapes = [(3, len(heads), width) for width, heads in groups]
+
+    def __call__(self, qkv: Tensor) -> list[tuple[Tensor, Tensor, Tensor]]:
+        chunks = qkv.split(self.sizes, dim=-1) if len(self.sizes) > 1 else (qkv,)
+        return [c.unflatten(-1, shape).permute(2, 0, 3, 1, 4).unbind(0)
+                for c, shape in zip(chunks, self.shapes, strict=True)]
+
+
+def merge_heads(outs: list[Tensor]) -> Tensor:
+    """Per group (B, heads, N, width) -> (B, N, attention dims) in proj-column order."""
+    flat = [o.transpose(1, 2).flatten(2) for o in outs]
+    return flat[0] if len(flat) == 1 else torch.cat(flat, dim=-1)
 
 
 class PrunedAttention(nn.Module):
@@ -86,23 +118,11 @@ class PrunedAttention(nn.Module):
         if owns:
             self.proj = slice_proj(attn.proj, kept, self.head_dim)
         self.proj_drop = attn.proj_drop
-        order = head_order(kept)
-        self.groups: list[tuple[int, list[int]]] = []  # (width, heads), in qkv/proj layout order
-        for h in order:
-            if self.groups and self.groups[-1][0] == self.head_dims[h]:
-                self.groups[-1][1].append(h)
-            else:
-                self.groups.append((self.head_dims[h], [h]))
-        self.register_buffer("mixed_heads", torch.as_tensor(order, dtype=torch.long), persistent=False)
-
-    def _split(self, t: Tensor) -> list[Tensor]:
-        """(B, N, A) -> per group (B, heads, N, width)."""
-        out, start = [], 0
-        for width, heads in self.groups:
-            n = width * len(heads)
-            out.append(t[..., start:start + n].unflatten(-1, (len(heads), width)).transpose(1, 2))
-            start += n
-        return out
+        self.groups = width_groups(kept)  # (width, heads), in qkv/proj layout order
+        self.split_qkv = GroupedQKV(self.groups)
+        # Identity norms are skipped in forward: at small widths every op call is a measurable share of the time.
+        self.qk_norm = not (isinstance(self.q_norm, nn.Identity) and isinstance(self.k_norm, nn.Identity))
+        self.register_buffer("mixed_heads", torch.as_tensor(head_order(kept), dtype=torch.long), persistent=False)
 
     def forward(self, x: Tensor, qkv: nn.Linear | None = None, proj: nn.Linear | None = None,
                 attn_mask: Tensor | None = None, is_causal: bool = False) -> Tensor:
@@ -113,30 +133,28 @@ class PrunedAttention(nn.Module):
         B, N, _ = x.shape
         if not self.attn_dim:  # every head removed: zero output, as the masked model's all-zero v gives
             return self.proj_drop(proj(self.norm(x.new_zeros(B, N, 0))))
-        q, k, v = qkv(x).split(self.attn_dim, dim=-1)
-        qs, ks, vs = self._split(q), self._split(k), self._split(v)
-        qs, ks = [self.q_norm(t) for t in qs], [self.k_norm(t) for t in ks]
+        groups = self.split_qkv(qkv(x))
+        if self.qk_norm:
+            groups = [(self.q_norm(q), self.k_norm(k), v) for q, k, v in groups]
         if hasattr(self, "v_tap"):
-            vs = [self.v_tap(t) for t in vs]
+            groups = [(q, k, self.v_tap(v)) for q, k, v in groups]
         if self.transform is None:
             drop = self.attn_drop.p if self.training else 0.0
-            outs = [F.scaled_dot_product_attention(qg, kg, vg, dropout_p=drop, scale=self.scale)
-                    for qg, kg, vg in zip(qs, ks, vs, strict=True)]
+            outs = [F.scaled_dot_product_attention(q, k, v, dropout_p=drop, scale=self.scale) for q, k, v in groups]
         else:
-            outs = self._mixed(qs, ks, vs, B, N)
-        out = torch.cat([o.transpose(1, 2).flatten(2) for o in outs], dim=-1) if outs else x.new_zeros(B, N, 0)
-        return self.proj_drop(proj(self.norm(out)))
+            outs = self._mixed(groups, B, N)
+        return self.proj_drop(proj(self.norm(merge_heads(outs))))
 
-    def _mixed(self, qs: list[Tensor], ks: list[Tensor], vs: list[Tensor], B: int, N: int) -> list[Tensor]:
+    def _mixed(self, groups: list[tuple[Tensor, Tensor, Tensor]], B: int, N: int) -> list[Tensor]:
         # Every head keeps a logit map (zero for heads without dims), so the H×H mixes stay as trained.
-        logits = torch.cat([(qg * self.scale) @ kg.transpose(-2, -1) for qg, kg in zip(qs, ks, strict=True)], 1)
+        logits = torch.cat([(q * self.scale) @ k.transpose(-2, -1) for q, k, _ in groups], 1)
         attn = logits.new_zeros(B, self.num_heads, N, N).index_copy(1, self.mixed_heads, logits)
         attn = self.transform.post(self.transform.pre(attn).softmax(dim=-1))
         attn = self.attn_drop(attn).index_select(1, self.mixed_heads)
         outs, start = [], 0
-        for vg in vs:
-            outs.append(attn[:, start:start + vg.shape[1]] @ vg)
-            start += vg.shape[1]
+        for _, _, v in groups:
+            outs.append(attn[:, start:start + v.shape[1]] @ v)
+            start += v.shape[1]
         return outs
 
     def extra_repr(self) -> str:

@@ -16,6 +16,12 @@ Budgets.
                                               their weight alone while the masks are still near 1).
 Costs are the analytic MACs/params of the extracted structure (`vitcompress.slim.cost`), so a new budget takes
 milliseconds. At least one patch token is kept in every layer (the best-scored one at the last layer).
+
+Equal heads (`equal_heads=True`). The threshold leaves heads of a layer with different widths, and the extracted
+layer runs one attention call per distinct width: at small model sizes each call is a measurable share of the
+time. With equal heads every head of an owner keeps the same w dims, its top w by score, with w the threshold's
+kept dims of that owner over its heads, rounded: about the same dims per layer, one attention call per layer.
+w never falls as the threshold keeps more, so the budget bisection still holds.
 """
 
 from __future__ import annotations
@@ -45,9 +51,10 @@ class _Candidates:
     """
 
     def __init__(self, score: np.ndarray, owner: np.ndarray, size: int, order: np.ndarray,
-                 shapes: list[tuple[int, ...]] | None = None, head: np.ndarray | None = None) -> None:
+                 shapes: list[tuple[int, ...]] | None = None, head: np.ndarray | None = None,
+                 rank_in_head: np.ndarray | None = None) -> None:
         self.score, self.owner, self.size, self.order = score, owner, size, order
-        self.shapes, self.head = shapes, head
+        self.shapes, self.head, self.rank_in_head = shapes, head, rank_in_head
 
     def __len__(self) -> int:
         return len(self.score)
@@ -79,7 +86,10 @@ def _candidates(model: nn.Module, s: AnyStructure) -> dict[str, _Candidates]:
         starts = np.cumsum([0] + [v.shape[0] for v in vals])
         head = np.concatenate([(h + starts[i]).ravel() for i, (h, _) in enumerate(grids)])
         size = s.head_dim_of(0) if s.per_head else 1  # per-head masks only on uniform ViTs with q/k-norm
-        out["attn"] = _Candidates(score, o, size, np.lexsort((o, rank, -score)), [v.shape for v in vals], head)
+        # Rank of each dim within its head, best score first (ties by dim index): what equal heads keep.
+        in_head = np.concatenate([np.argsort(np.argsort(-v, axis=1, kind="stable"), axis=1).ravel() for v in vals])
+        out["attn"] = _Candidates(score, o, size, np.lexsort((o, rank, -score)), [v.shape for v in vals], head,
+                                  in_head)
     if "mlp" in masks:
         score, o, vals = _owner_arrays(masks["mlp"])  # per owner (hidden,)
         rank = np.concatenate([np.arange(v.size) / v.size for v in vals])
@@ -95,12 +105,14 @@ def _candidates(model: nn.Module, s: AnyStructure) -> dict[str, _Candidates]:
 
 
 class _Solver:
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, equal_heads: bool = False) -> None:
         model = unwrap(model)
         if not is_masked(model):
             raise VitCompressError("select needs a masked model; make one with vc.attach_masks(model, SlimConfig())")
         self.s = structure_of(model)
         self.cands = _candidates(model, self.s)
+        # q/k-norm models keep whole heads, which are equal already.
+        self.equal_heads = equal_heads and "attn" in self.cands and not self.s.per_head
         if "tokens" in self.cands:
             last = self.cands["tokens"].score.reshape(self.s.depth, -1)[-1]
             self.forced_token = int(np.lexsort((np.arange(last.size), -last))[0])
@@ -115,10 +127,19 @@ class _Solver:
             flags = np.zeros(len(c), dtype=bool)
             flags[c.order[: counts.get(kind, len(c))]] = True
             out[kind] = flags
+        if self.equal_heads:
+            out["attn"] = self._equalize(out["attn"])
         if "tokens" in out:
             grid = out["tokens"].reshape(self.s.depth, -1)
             grid[:, self.forced_token] = True
         return out
+
+    def _equalize(self, flags: np.ndarray) -> np.ndarray:
+        """Every head of an owner keeps its top w dims, w = the owner's kept dims / its heads, rounded."""
+        c = self.cands["attn"]
+        heads = np.array([shape[0] for shape in c.shapes])
+        width = np.floor(np.bincount(c.owner[flags], minlength=len(heads)) / heads + 0.5).astype(int)
+        return c.rank_in_head < width[c.owner]
 
     def widths(self, taken: dict[str, np.ndarray]) -> tuple[list[int], list[int], list[int]]:
         attn, hidden, tokens = self.s.full()
@@ -162,6 +183,8 @@ class _Solver:
             out["tokens"] = [np.flatnonzero(f).tolist() for f in taken["tokens"].reshape(s.depth, -1)]
         macs, params = self.cost(taken)
         shares = {k: round(float(v.mean()), 6) for k, v in taken.items()}
+        if self.equal_heads:
+            info["equal_heads"] = True
         info = {**info, "shares": shares, "macs": macs, "params": params,
                 "macs_ratio": macs / self.full_macs, "params_ratio": params / self.full_params}
         if hasattr(s, "stage_shares"):  # Swin: how the kept dims spread over the stages
@@ -177,6 +200,7 @@ def select(
     params: float | None = None,
     dims: dict[str, float] | None = None,
     mode: str = "share",
+    equal_heads: bool = False,
 ) -> Selection:
     """Choose what to keep from a masked model's mask values, for one budget.
 
@@ -186,6 +210,9 @@ def select(
         params: Target parameters as a fraction of the unmasked model's, in (0, 1].
         dims: Share of elements each mask type keeps, e.g. {"attn": 0.7, "mlp": 0.7, "tokens": 0.9}.
         mode: For macs/params: "share" (the same share for every mask type) or "joint" (one threshold).
+        equal_heads: Every head of a layer keeps the same number of dims (about the layer's thresholded total,
+            each head's best), so the extracted layer runs one attention call instead of one per width: faster
+            on small models, at the price of departing from the pure threshold.
 
     Returns:
         The `Selection`; its `info` holds the achieved MACs/params and their ratios to the original.
@@ -202,7 +229,9 @@ def select(
         )
     if mode not in MODES:
         raise VitCompressError(f"mode={mode!r} is not one of {MODES}")
-    solver = _Solver(model)
+    if not isinstance(equal_heads, bool):
+        raise VitCompressError(f"equal_heads={equal_heads!r} must be True or False")
+    solver = _Solver(model, equal_heads)
     if dims is not None:
         return _select_dims(solver, dims)
     key, target = next(iter(given.items()))

@@ -1,8 +1,9 @@
 """Physically smaller Swin: window attention with ragged heads, sliced MLPs, and the slicing itself.
 
 As on ViT (`slim.pruned`), heads of equal width form a group and each group runs one fused attention with the
-*original* head's scale; qkv rows and proj columns are laid out group by group. Each head's relative-position
-bias column goes with it: a removed head loses its column, and the table's columns follow the qkv layout.
+*original* head's scale; qkv rows and proj columns are laid out group by group (`pruned.QKV_LAYOUT`). Each
+head's relative-position bias column goes with it: a removed head loses its column, and the table's columns
+follow the qkv layout.
 
 Head mixing (multiplexed attention transformation). A head with no dims left still feeds the mixing: its
 logits are its relative-position bias (q and k are zero in the reference), so with a transformation every head
@@ -22,7 +23,15 @@ from vitcompress.errors import VitCompressError
 from vitcompress.models.layers import head_dim, transformer_layers
 from vitcompress.models.swin import padded_size, shifted_window_mask
 from vitcompress.multiplexing.swin import MultiplexedSwinBlock
-from vitcompress.slim.pruned import head_order, slice_linear, slice_proj, slice_qkv
+from vitcompress.slim.pruned import (
+    GroupedQKV,
+    head_order,
+    merge_heads,
+    slice_linear,
+    slice_proj,
+    slice_qkv,
+    width_groups,
+)
 from vitcompress.slim.selection import Selection
 from vitcompress.slim.swin_cost import shared_groups, swin_structure_of
 from vitcompress.slim.swin_masked import HOOKS, mask_windows, rel_pos_bias
@@ -63,23 +72,9 @@ class PrunedWindowAttention(nn.Module):
         if owns:
             self.proj = slice_proj(attn.proj, kept, self.head_dim)
         self.proj_drop = attn.proj_drop
-        order = head_order(kept)
-        self.groups: list[tuple[int, list[int]]] = []  # (width, heads), in qkv/proj/table layout order
-        for h in order:
-            if self.groups and self.groups[-1][0] == self.head_dims[h]:
-                self.groups[-1][1].append(h)
-            else:
-                self.groups.append((self.head_dims[h], [h]))
-        self.register_buffer("mixed_heads", torch.as_tensor(order, dtype=torch.long), persistent=False)
-
-    def _split(self, t: Tensor) -> list[Tensor]:
-        """(B, N, A) -> per group (B, heads, N, width)."""
-        out, start = [], 0
-        for width, heads in self.groups:
-            n = width * len(heads)
-            out.append(t[..., start:start + n].unflatten(-1, (len(heads), width)).transpose(1, 2))
-            start += n
-        return out
+        self.groups = width_groups(kept)  # (width, heads), in qkv/proj/table layout order
+        self.split_qkv = GroupedQKV(self.groups)
+        self.register_buffer("mixed_heads", torch.as_tensor(head_order(kept), dtype=torch.long), persistent=False)
 
     def forward(self, x: Tensor, qkv: nn.Linear | None = None, proj: nn.Linear | None = None,
                 table: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
@@ -90,25 +85,23 @@ class PrunedWindowAttention(nn.Module):
         B_, N, _ = x.shape
         if not self.attn_dim:  # every head removed: zero output, as the masked model's all-zero v gives
             return self.proj_drop(proj(x.new_zeros(B_, N, 0)))
-        q, k, v = qkv(x).split(self.attn_dim, dim=-1)
-        qs, ks, vs = self._split(q), self._split(k), self._split(v)
+        groups = self.split_qkv(qkv(x))
         if hasattr(self, "q_norm"):
-            qs, ks = [self.q_norm(t) for t in qs], [self.k_norm(t) for t in ks]
+            groups = [(self.q_norm(q), self.k_norm(k), v) for q, k, v in groups]
         if hasattr(self, "v_tap"):
-            vs = [self.v_tap(t) for t in vs]
+            groups = [(q, k, self.v_tap(v)) for q, k, v in groups]
         bias = rel_pos_bias(table, self.relative_position_index, N)
         if self.transform is None:
-            outs = self._grouped(qs, ks, vs, bias, mask, B_)
+            outs = self._grouped(groups, bias, mask, B_)
         else:
-            outs = self._mixed(qs, ks, vs, bias, mask, B_, N)
-        out = torch.cat([o.transpose(1, 2).flatten(2) for o in outs], dim=-1)
-        return self.proj_drop(proj(out))
+            outs = self._mixed(groups, bias, mask, B_, N)
+        return self.proj_drop(proj(merge_heads(outs)))
 
-    def _grouped(self, qs: list[Tensor], ks: list[Tensor], vs: list[Tensor], bias: Tensor, mask: Tensor | None,
+    def _grouped(self, groups: list[tuple[Tensor, Tensor, Tensor]], bias: Tensor, mask: Tensor | None,
                  B_: int) -> list[Tensor]:
         drop = self.attn_drop.p if self.training else 0.0
         outs, start = [], 0
-        for qg, kg, vg in zip(qs, ks, vs, strict=True):
+        for qg, kg, vg in groups:
             heads = qg.shape[1]
             attn_mask = bias[start:start + heads].unsqueeze(0)  # this group's bias columns
             start += heads
@@ -120,10 +113,10 @@ class PrunedWindowAttention(nn.Module):
                                                        scale=self.scale))
         return outs
 
-    def _mixed(self, qs: list[Tensor], ks: list[Tensor], vs: list[Tensor], bias: Tensor, mask: Tensor | None,
-               B_: int, N: int) -> list[Tensor]:
+    def _mixed(self, groups: list[tuple[Tensor, Tensor, Tensor]], bias: Tensor, mask: Tensor | None, B_: int,
+               N: int) -> list[Tensor]:
         # Every head keeps a logit map (its bias alone for heads without dims), so the H×H mixes stay as trained.
-        logits = torch.cat([(qg * self.scale) @ kg.transpose(-2, -1) for qg, kg in zip(qs, ks, strict=True)], 1)
+        logits = torch.cat([(q * self.scale) @ k.transpose(-2, -1) for q, k, _ in groups], 1)
         attn = logits.new_zeros(B_, self.num_heads, N, N).index_copy(1, self.mixed_heads, logits) + bias
         attn = self.transform.pre(attn)
         if mask is not None:
@@ -131,9 +124,9 @@ class PrunedWindowAttention(nn.Module):
         attn = self.transform.post(attn.softmax(dim=-1))
         attn = self.attn_drop(attn).index_select(1, self.mixed_heads)
         outs, start = [], 0
-        for vg in vs:
-            outs.append(attn[:, start:start + vg.shape[1]] @ vg)
-            start += vg.shape[1]
+        for _, _, v in groups:
+            outs.append(attn[:, start:start + v.shape[1]] @ v)
+            start += v.shape[1]
         return outs
 
     def set_window_size(self, *args, **kwargs) -> None:
