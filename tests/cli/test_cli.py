@@ -29,6 +29,19 @@ def test_train_writes_loadable_model_and_report(teacher_dir):
     assert (teacher_dir / "metrics.jsonl").is_file() and (teacher_dir / "metrics.csv").is_file()
 
 
+def test_train_with_the_same_seed_is_reproducible(teacher_dir, tmp_path):
+    # The weights of a model trained from scratch start from torch's global generator, which torch seeds
+    # differently in every process; the job must seed it from --seed before building the model.
+    again = tmp_path / "again"
+    assert main(["train", "--model", "vit_tiny_patch16_224", *TINY, "--data", "digits", "-o", str(again), *FAST]) == 0
+    for name, value in vc.load(teacher_dir).state_dict().items():
+        assert torch.equal(vc.load(again).state_dict()[name], value), name
+    other = tmp_path / "other"
+    assert main(["train", "--model", "vit_tiny_patch16_224", *TINY, "--data", "digits", "--seed", "1", "-o",
+                 str(other), *FAST]) == 0
+    assert not torch.equal(vc.load(other).state_dict()["head.weight"], vc.load(teacher_dir).state_dict()["head.weight"])
+
+
 def test_multiplex_eval_profile(teacher_dir, tmp_path, capsys):
     out = tmp_path / "student"
     args = ["multiplex", "--teacher", str(teacher_dir), "--share", "2", "--kernel-size", "3",

@@ -14,7 +14,7 @@ from vitcompress.multiplexing import MultiplexConfig, multiplex
 from vitcompress.multiplexing.distill_config import DistillConfig
 from vitcompress.multiplexing.objective import DistillationObjective
 from vitcompress.report import markdown_table, write_report
-from vitcompress.train import TrainConfig, fit
+from vitcompress.train import TrainConfig, fit, seed_everything
 from vitcompress.train.distributed import cleanup, setup_distributed
 
 LOSS_KEYS = ("loss", "ce", "kd_logits", "kd_attn", "kd_hidden")
@@ -43,6 +43,9 @@ def multiplex_job(
     patch grid; its width may differ).
     """
     dist = setup_distributed()
+    # Before any model is built: fresh weights (a new head, a timm model from scratch) come from torch's global
+    # generator, which torch seeds differently in every process.
+    seed_everything(train.seed)
     try:
         source, extra = resolve_model(teacher, arch=arch, pretrained=pretrained, model_args=model_args)
         train_loader, val_loader, info = loaders_for(

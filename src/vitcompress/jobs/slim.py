@@ -23,7 +23,7 @@ from vitcompress.slim import SlimConfig, SlimObjective, SparsityConfig, attach_m
 from vitcompress.slim.selection import Selection
 from vitcompress.slim.solver import budget_curve
 from vitcompress.slim.sparsity import slim_param_groups
-from vitcompress.train import CrossEntropyObjective, TrainConfig, fit
+from vitcompress.train import CrossEntropyObjective, TrainConfig, fit, seed_everything
 from vitcompress.train.distributed import cleanup, setup_distributed
 
 LOSS_KEYS = ("loss", "task", "ce", "kd_logits", "sparsity", "mask_attn", "mask_mlp", "mask_tokens")
@@ -59,6 +59,9 @@ def search_job(
     `kd_alpha` > 0 adds logit distillation from the unmasked original: (1 - α)·CE + α·KL.
     """
     dist = setup_distributed()
+    # Before any model is built: fresh weights (a new head, a timm model from scratch) come from torch's global
+    # generator, which torch seeds differently in every process.
+    seed_everything(train.seed)
     try:
         source, extra = resolve_model(model, arch=arch, pretrained=pretrained, model_args=model_args)
         train_loader, val_loader, info = loaders_for(
@@ -179,6 +182,9 @@ def finetune_job(
 ) -> dict[str, Any]:
     """Retrain a saved (e.g. extracted) model with CE, plus logit KD from `kd_teacher` when given."""
     dist = setup_distributed()
+    # Before any model is built: fresh weights (a new head, a timm model from scratch) come from torch's global
+    # generator, which torch seeds differently in every process.
+    seed_everything(train.seed)
     try:
         net, extra = resolve_model(model)
         train_loader, val_loader, info = loaders_for(

@@ -10,7 +10,7 @@ from vitcompress.jobs.common import check_classes, data_extra, describe_row, loa
 from vitcompress.metrics import evaluate
 from vitcompress.models.resolve import resolve_model
 from vitcompress.report import markdown_table, write_report
-from vitcompress.train import CrossEntropyObjective, TrainConfig, fit
+from vitcompress.train import CrossEntropyObjective, TrainConfig, fit, seed_everything
 from vitcompress.train.distributed import cleanup, setup_distributed
 
 
@@ -30,6 +30,9 @@ def train_job(
 ) -> dict[str, Any]:
     """Train `model` on `data`, save it to `out` (loadable with `vitcompress.load`) with a report."""
     dist = setup_distributed()
+    # Before any model is built: fresh weights (a new head, a timm model from scratch) come from torch's global
+    # generator, which torch seeds differently in every process.
+    seed_everything(train.seed)
     try:
         net, extra = resolve_model(model, arch=arch, pretrained=pretrained, model_args=model_args)
         train_loader, val_loader, info = loaders_for(
