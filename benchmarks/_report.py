@@ -1,4 +1,5 @@
-"""Shared by the benchmark scripts: the machine they ran on, and one named section of BENCHMARKS.md.
+"""Shared by the benchmark scripts: the machine they ran on, the head, cells and foot of a section, and writing one
+named section of BENCHMARKS.md.
 
 Each benchmark owns one section between `<!-- begin:NAME -->` and `<!-- end:NAME -->`; rewriting it leaves the
 other sections untouched, so benchmarks (multiplexing, slimming, Swin, ...) can be rerun independently.
@@ -12,6 +13,7 @@ import hashlib
 import os
 import platform
 import re
+import statistics
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -62,6 +64,40 @@ def machine_markdown(info: dict[str, str] | None = None) -> str:
     """`machine()` as one Markdown line."""
     info = info or machine()
     return "Machine: " + " | ".join(f"{k} {v}" for k, v in info.items())
+
+
+def heading(title: str, command: str, quick: bool) -> list[str]:
+    """The lines every section starts with: its title, the command that reproduces it, and the machine."""
+    return [
+        title + (" — QUICK SMOKE RUN, not a result" if quick else ""),
+        "",
+        "```bash",
+        command,
+        "```",
+        "",
+        machine_markdown(),
+        "",
+    ]
+
+
+def details(summary: str, commands: list[str], table: str) -> list[str]:
+    """The lines every section ends with: a folded block with the commands it ran and its per-run table."""
+    return [f"<details><summary>{summary}</summary>", "", "```bash", *commands, "```", "", table, "", "</details>"]
+
+
+def mean_std(values: list[float]) -> str:
+    """Mean ± sample std over seeds; a single run says n=1 instead, as it has no spread."""
+    if len(values) == 1:
+        return f"{values[0]:.2f} (n=1)"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
+def publish(path: str | Path, name: str, body: str) -> Path:
+    """`write_section`, then the body and where it went on stdout."""
+    written = write_section(path, name, body)
+    print(body)
+    print(f"\nwrote section {name!r} of {written}", flush=True)
+    return written
 
 
 def write_section(path: str | Path, name: str, body: str) -> Path:

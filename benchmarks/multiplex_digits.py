@@ -21,17 +21,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import shlex
-import shutil
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import _report
+from _measure import LATENCY_BATCHES, key, measure_models, saved_models, spread
+from _report import mean_std
+from _runs import epoch_flags, recipe_value, run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 SECTION = "multiplex-digits"
@@ -47,56 +47,9 @@ VARIANTS = {
     "teacher_more": ("(a') teacher + the students' epochs (equal training, no sharing)", None),
 }
 TEACHER_LABEL = "(a) teacher (12 layers, 1 run)"
-LATENCY_BATCHES = (1, 32)
 
 
 # ----------------------------------------------------------------------------------------------- training runs
-
-
-def recipe_value(recipe: str, key: str) -> Any:
-    from vitcompress.cli_args import load_recipe
-
-    return load_recipe(recipe)[key]
-
-
-def epoch_flags(recipe: str, epochs: int | None) -> list[str]:
-    """`--epochs N` when overriding the recipe, shortening the warmup if it would not fit (quick trials only)."""
-    if epochs is None:
-        return []
-    flags = ["--epochs", str(epochs)]
-    warmup = recipe_value(recipe, "warmup_epochs")
-    if warmup > epochs:
-        flags += ["--warmup-epochs", str(epochs / 2)]
-    return flags
-
-
-def run_cli(argv: list[str], out_dir: Path, log: Path, force: bool, threads: int) -> tuple[float, bool]:
-    """Run `python -m vitcompress.cli *argv` into `out_dir` unless an identical finished run is there.
-
-    The run gets `threads` torch CPU threads (via OMP_NUM_THREADS). Returns (wall seconds, whether it ran now).
-    A finished run is one with report.json (written last, atomically) and a bench.json recording the same argv and
-    threads; anything else in `out_dir` is deleted first, so a stale checkpoint is never resumed by accident.
-    """
-    stamp = out_dir / "bench.json"
-    if not force and (out_dir / "report.json").is_file() and stamp.is_file():
-        done = json.loads(stamp.read_text())
-        if done.get("argv") == argv and done.get("threads") == threads:
-            print(f"  reuse  {out_dir} (same command, {done['seconds']:.0f} s)", flush=True)
-            return done["seconds"], False
-    shutil.rmtree(out_dir, ignore_errors=True)
-    log.parent.mkdir(parents=True, exist_ok=True)
-    print(f"  run    vitcompress {shlex.join(argv)}", flush=True)
-    start = time.perf_counter()
-    with open(log, "w") as f:
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-        proc = subprocess.run([sys.executable, "-m", "vitcompress.cli", *argv], stdout=f, stderr=subprocess.STDOUT,
-                              env=env)
-    seconds = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise SystemExit(f"vitcompress {shlex.join(argv)} failed (exit {proc.returncode}); see {log}")
-    stamp.write_text(json.dumps({"argv": argv, "threads": threads, "seconds": seconds}, indent=2))
-    print(f"         done in {seconds:.0f} s", flush=True)
-    return seconds, True
 
 
 def teacher_argv(work: Path, epochs: int | None) -> list[str]:
@@ -142,10 +95,6 @@ def train_all(work: Path, seeds: list[int], epochs: int | None, teacher_epochs: 
 # ------------------------------------------------------------------------------------------------ measurements
 
 
-def key(batch: int, threads: int) -> str:
-    return f"lat{batch}t{threads}"
-
-
 def read_accuracy(runs: dict[str, Any]) -> dict[str, dict[str, float]]:
     """top-1/top-5 (%) of every run from its report.json, checking each student saw the same teacher score."""
     teacher = json.loads((runs["teacher"]["dir"] / "report.json").read_text())["model"]
@@ -165,46 +114,7 @@ def read_accuracy(runs: dict[str, Any]) -> dict[str, dict[str, float]]:
     return acc
 
 
-def input_size(model_dir: Path) -> tuple[int, int, int]:
-    from vitcompress.export import read_spec
-
-    return tuple(read_spec(model_dir)["extra"]["data"]["input_size"])
-
-
-def measure_models(runs: dict[str, Any], rounds: int, threads: list[int], min_run_time: float) -> dict[str, Any]:
-    """Params, MACs and latency of every saved model; latency is timed in `rounds` shuffled passes over all.
-
-    Latency samples are stored under `lat{batch}t{threads}`, one per round (the median of that measurement).
-    """
-    import vitcompress as vc
-
-    models = {name: vc.load(run["dir"]) for name, run in runs.items()}
-    sizes = {name: input_size(run["dir"]) for name, run in runs.items()}
-    out: dict[str, Any] = {name: {"params": vc.count_params(m), "macs": vc.count_macs(m, sizes[name]),
-                                  **{key(b, t): [] for b in LATENCY_BATCHES for t in threads}}
-                          for name, m in models.items()}
-    load_before = os.getloadavg()
-    order = list(models)
-    rng = random.Random(0)
-    for r in range(rounds):
-        rng.shuffle(order)
-        print(f"latency round {r + 1}/{rounds} (load {os.getloadavg()[0]:.2f})", flush=True)
-        for name in order:
-            for t in threads:
-                for batch in LATENCY_BATCHES:
-                    result = vc.measure_latency(models[name], sizes[name], batch_size=batch, threads=t,
-                                                min_run_time=min_run_time)
-                    out[name][key(batch, t)].append(result.median_ms)
-    return {"models": out, "load_before": load_before, "load_after": os.getloadavg()}
-
-
 # ------------------------------------------------------------------------------------------------------ report
-
-
-def mean_std(values: list[float]) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.2f} (n=1)"
-    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
 
 
 def latency_cell(samples: list[float]) -> str:
@@ -262,12 +172,6 @@ def targets(seeds: list[int], acc: dict) -> list[str]:
     ]
 
 
-def spread(meas: dict, threads: int) -> float:
-    """Largest max/min ratio of one model's per-round latencies at `threads`, over models and batch sizes."""
-    return max(max(m[key(b, threads)]) / min(m[key(b, threads)])
-               for m in meas["models"].values() for b in LATENCY_BATCHES)
-
-
 def spread_warning(meas: dict, threads: list[int], limit: float = 3.0) -> list[str]:
     """A warning when the main table's per-round latencies differ so much that they time the contention."""
     ratio = spread(meas, threads[0])
@@ -306,15 +210,8 @@ def render(args: argparse.Namespace, command: str, runs: dict, acc: dict, meas: 
         extra_tables += [f"Latency at {t} thread(s), same models and rounds:", "",
                          markdown_table(latency_rows(seeds, meas, t)), ""]
     return "\n".join([
-        f"## MiniViT weight multiplexing on `digits` (share=2, {epochs} student epochs)"
-        + (" — QUICK SMOKE RUN, not a result" if args.quick else ""),
-        "",
-        "```bash",
-        command,
-        "```",
-        "",
-        _report.machine_markdown(),
-        "",
+        *_report.heading(f"## MiniViT weight multiplexing on `digits` (share=2, {epochs} student epochs)", command,
+                         args.quick),
         f"Teacher: `vitcompress train --config {TEACHER_RECIPE}` ({teacher_epochs} epochs, seed 0, one run). "
         f"Students: `vitcompress multiplex --config {STUDENT_RECIPE}` from that teacher, {epochs} epochs each, "
         f"seeds {', '.join(map(str, seeds))}; top-1/top-5 on the 360 fixed `digits` val images (1 image = 0.28 "
@@ -342,15 +239,10 @@ def render(args: argparse.Namespace, command: str, runs: dict, acc: dict, meas: 
         f"below); this invocation took {total_s / 60:.1f} min"
         + (f", reusing {reused} finished run(s) from an earlier one." if reused else "."),
         "",
-        "<details><summary>The CLI commands (first seed shown) and every run</summary>",
-        "",
-        "```bash",
-        *(f"OMP_NUM_THREADS={args.train_threads} vitcompress {shlex.join(runs[n]['argv'])}" for n in firsts),
-        "```",
-        "",
-        per_run_table(runs, acc, meas, args.threads),
-        "",
-        "</details>",
+        *_report.details("The CLI commands (first seed shown) and every run",
+                         [f"OMP_NUM_THREADS={args.train_threads} vitcompress {shlex.join(runs[n]['argv'])}"
+                          for n in firsts],
+                         per_run_table(runs, acc, meas, args.threads)),
     ])
 
 
@@ -396,14 +288,13 @@ def main(argv: list[str] | None = None) -> None:
     command = shlex.join(["python", "benchmarks/multiplex_digits.py", *raw])
     runs = train_all(args.work, args.seeds, args.epochs, args.teacher_epochs, args.force, args.train_threads)
     acc = read_accuracy(runs)
-    meas = measure_models(runs, args.rounds, args.threads, args.min_run_time)
+    meas = measure_models(saved_models({name: run["dir"] for name, run in runs.items()}), args.rounds, args.threads,
+                          args.min_run_time)
     body = render(args, command, runs, acc, meas, time.perf_counter() - start)
     (args.work / "results.json").write_text(json.dumps(
         {"accuracy": acc, "measurements": meas, "runs": {k: {**v, "dir": str(v["dir"])} for k, v in runs.items()}},
         indent=2))
-    path = _report.write_section(args.md, args.section, body)
-    print(body)
-    print(f"\nwrote section {args.section!r} of {path}", flush=True)
+    _report.publish(args.md, args.section, body)
 
 
 if __name__ == "__main__":

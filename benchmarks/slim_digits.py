@@ -5,6 +5,8 @@ benchmark when it is there), for every seed and MACs budget:
 
     slim      `vitcompress slim search --config digits-slim` (one search per seed), `vitcompress slim extract
               --macs B` from it, then `vitcompress finetune`
+    slim_eq   the same search, extracted with `--equal-heads` (every head of a layer keeps the same number of
+              dims: one attention call per layer), then the same fine-tune
     tp        Torch-Pruning (MetaPruner + GroupTaylorImportance, global ranking over attention head dims and MLP
               units), pruning ratio bisected to B of the MACs; read back as a Selection, extracted, fine-tuned
     uniform   the same share of attention dims per head and of MLP units in every layer, largest ℓ1 rows first
@@ -23,8 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import random
 import shlex
 import statistics
 import sys
@@ -34,7 +34,10 @@ from typing import Any
 
 import _baselines
 import _report
-from multiplex_digits import mean_std, recipe_value, run_cli, spread
+from _measure import LATENCY_BATCHES, few_warmups_for_big_batches, key, measure_models, saved_models, speedups, spread
+from _report import mean_std
+from _runs import recipe_value, run_cli
+from _slim_timing import op_breakdown, time_reselect, time_steps
 
 SECTION = "slim-digits"
 TEACHER_RECIPE = "digits-teacher"
@@ -42,19 +45,15 @@ SEARCH_RECIPE = "digits-slim"
 DEFAULT_TEACHER = Path("out/bench-multiplex/teacher")
 METHODS = {
     "slim": "(a) ViT-Slim search + extract",
+    "slim_eq": "(a′) ViT-Slim, equal heads",
     "tp": "(b) Torch-Pruning, Taylor",
     "uniform": "(c) uniform ℓ1 magnitude",
 }
-LATENCY_BATCHES = (1, 32)
 RESELECT_BUDGETS = (0.5, 0.7, 0.3, 0.45, 0.55, 0.35, 0.65, 0.25)
 
 
 def tag(budget: float) -> str:
     return f"macs{round(budget * 100):02d}"
-
-
-def key(batch: int, threads: int) -> str:
-    return f"lat{batch}t{threads}"
 
 
 # ----------------------------------------------------------------------------------------------- training runs
@@ -207,17 +206,20 @@ def tp_native(args: argparse.Namespace) -> dict[str, Any]:
             name = f"tp/{tag(budget)}/seed{seed}"
             config = {"teacher_sha256": args.teacher_sha, "taylor_batches": args.taylor_batches,
                       "ranking": args.tp_ranking, "epochs": args.finetune_epochs, "lr": args.lr,
-                      "kd_alpha": args.kd_alpha}
+                      "kd_alpha": args.kd_alpha, "data_order": "as vitcompress finetune"}
             if done.get(name, {}).get("config") == config:
                 continue
             print(f"  fit    Torch-Pruning's own model, fused path, {name}", flush=True)
             start = time.perf_counter()
             teacher = vc.load(args.teacher_dir).eval()
-            train_loader, val_loader, _ = vc.build_loaders("digits", input_size=size, batch_size=64, seed=seed,
-                                                           mean=norm["mean"], std=norm["std"])
-            batches = [b for _, b in zip(range(args.taylor_batches), train_loader, strict=False)]
+            loaders = lambda seed=seed: vc.build_loaders("digits", input_size=size, batch_size=64, seed=seed,
+                                                         mean=norm["mean"], std=norm["std"])
+            taylor_loader, val_loader, _ = loaders()
+            batches = [b for _, b in zip(range(args.taylor_batches), taylor_loader, strict=False)]
             model, _, _ = _baselines.taylor_prune(teacher, batches, budget, size, next(iter(val_loader))[0],
                                                   args.tp_ranking)
+            # Fresh loaders: the same data order and augmentation as `vitcompress finetune --seed` gets.
+            train_loader, val_loader, _ = loaders()
             for blk in model.blocks:
                 blk.attn.fused_attn = True
             before = vc.evaluate(model, val_loader)["top1"]
@@ -273,6 +275,12 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
             runs["extract"][f"{b}/seed{seed}"] = {"argv": argv, "seconds": seconds, "ran": ran, "dir": extracted}
             finetune(f"slim/{b}/seed{seed}", extracted, work / "slim" / b / f"seed{seed}" / "finetuned", seed, ran)
 
+            equal = work / "slim_eq" / b / f"seed{seed}" / "extracted"
+            argv = [*argv[:-2], "--equal-heads", "-o", str(equal)]
+            seconds, ran = run_cli(argv, equal, logs / f"extract-eq-{b}-seed{seed}.log", force or searched, threads)
+            runs["extract"][f"eq/{b}/seed{seed}"] = {"argv": argv, "seconds": seconds, "ran": ran, "dir": equal}
+            finetune(f"slim_eq/{b}/seed{seed}", equal, work / "slim_eq" / b / f"seed{seed}" / "finetuned", seed, ran)
+
             pruned = work / "tp" / b / f"seed{seed}" / "pruned"
             done, ran = prune_baseline(args, "tp", budget, seed, pruned, force)
             runs["prune"][f"tp/{b}/seed{seed}"] = {**done, "dir": pruned, "ran": ran}
@@ -295,32 +303,6 @@ def read_accuracy(runs: dict[str, Any], teacher: Path) -> dict[str, dict[str, fl
         before = next(r for r in report["rows"] if r["model"].endswith("(before)"))
         acc[name] = {"before": before["top-1 (%)"], "after": report["val"]["top1"]}
     return acc
-
-
-def measure_models(dirs: dict[str, Path], rounds: int, threads: list[int], min_run_time: float) -> dict[str, Any]:
-    """Params, MACs and latency of every saved model; latency in `rounds` shuffled passes over all of them."""
-    import vitcompress as vc
-    from vitcompress.export import read_spec
-
-    models = {name: vc.load(d).eval() for name, d in dirs.items()}
-    sizes = {name: tuple(read_spec(d)["extra"]["data"]["input_size"]) for name, d in dirs.items()}
-    out: dict[str, Any] = {name: {"params": vc.count_params(m), "macs": vc.count_macs(m, sizes[name]),
-                                  "attn_calls": attention_calls(m),
-                                  **{key(b, t): [] for b in LATENCY_BATCHES for t in threads}}
-                           for name, m in models.items()}
-    load_before = os.getloadavg()
-    order = list(models)
-    rng = random.Random(0)
-    for r in range(rounds):
-        rng.shuffle(order)
-        print(f"latency round {r + 1}/{rounds} (load {os.getloadavg()[0]:.2f})", flush=True)
-        for name in order:
-            for t in threads:
-                for batch in LATENCY_BATCHES:
-                    result = vc.measure_latency(models[name], sizes[name], batch_size=batch, threads=t,
-                                                min_run_time=min_run_time)
-                    out[name][key(batch, t)].append(result.median_ms)
-    return {"models": out, "load_before": load_before, "load_after": os.getloadavg()}
 
 
 def slim_selections(args: argparse.Namespace, runs: dict[str, Any]) -> list[dict[str, str]]:
@@ -349,118 +331,6 @@ def slim_selections(args: argparse.Namespace, runs: dict[str, Any]) -> list[dict
                              "top-1 before fine-tuning (%)":
                                  f"{vc.evaluate(vc.extract(masked, sel), val_loader)['top1']:.2f}"})
     return rows
-
-
-def op_breakdown(dirs: dict[str, Path], batch: int, iters: int = 20) -> list[dict[str, str]]:
-    """Where a forward's CPU time goes (torch.profiler self time, ms per forward, 1 thread): matmuls, the attention
-    kernel, everything else (norms, GELU, adds, copies, convolution, Python-level ops)."""
-    import torch
-    from torch.profiler import profile
-
-    import vitcompress as vc
-    from vitcompress.export import read_spec
-
-    torch.set_num_threads(1)
-    rows = []
-    for name, d in dirs.items():
-        model = vc.load(d).eval()
-        x = torch.randn(batch, *read_spec(d)["extra"]["data"]["input_size"])
-        with torch.no_grad():
-            for _ in range(3):
-                model(x)
-            with profile() as prof:
-                for _ in range(iters):
-                    model(x)
-        parts = {"matmul": 0.0, "attention kernel": 0.0, "other": 0.0}
-        for ev in prof.key_averages():
-            kind = ("attention kernel" if "scaled_dot_product" in ev.key else
-                    "matmul" if ev.key in ("aten::addmm", "aten::mm", "aten::bmm") else "other")
-            parts[kind] += ev.self_cpu_time_total / 1e3 / iters
-        rows.append({"model": name, "total (ms)": f"{sum(parts.values()):.2f}",
-                     **{f"{k} (ms)": f"{v:.2f}" for k, v in parts.items()}})
-    return rows
-
-
-def attention_calls(model: Any) -> int:
-    """Attention kernels (SDPA calls) per forward: one per layer, or one per group of equal-width heads."""
-    return sum(len(getattr(blk.attn, "groups", [None])) for blk in model.blocks)
-
-
-def time_reselect(search: Path, budgets: tuple[float, ...], repeats: int) -> dict[str, Any]:
-    """Seconds to select a new budget and extract it from a search loaded once (1 thread)."""
-    import torch
-
-    import vitcompress as vc
-
-    torch.set_num_threads(1)
-    masked = vc.load(search)
-    vc.extract(masked, vc.select(masked, macs=0.5))  # first call pays one-off imports and allocations
-    samples = []
-    for _ in range(repeats):
-        for budget in budgets:
-            start = time.perf_counter()
-            vc.extract(masked, vc.select(masked, macs=budget))
-            samples.append(time.perf_counter() - start)
-    return {"seconds": samples, "median_s": statistics.median(samples), "max_s": max(samples),
-            "budgets": list(budgets), "repeats": repeats}
-
-
-def time_steps(teacher: Path, steps: int) -> dict[str, Any]:
-    """Median seconds of a training step (forward, loss, backward, clip, AdamW) plain vs masked, 1 thread.
-
-    The same batch of 64 train images for all; plain = CE on the teacher, masked = CE + the ℓ1 sparsity loss on
-    `attach_masks(teacher)` with the digits-slim masks (attention, MLP, tokens) and, apart, attention + MLP only.
-    Steps alternate between the models so that load from other processes hits them alike.
-    """
-    import torch
-
-    import vitcompress as vc
-    from vitcompress.cli_args import load_recipe
-    from vitcompress.export import read_spec
-    from vitcompress.slim import SlimObjective, SparsityConfig, slim_param_groups
-    from vitcompress.train import CrossEntropyObjective, TrainConfig
-    from vitcompress.train.optim import make_param_groups
-
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    norm = read_spec(teacher)["extra"]["data"]
-    loader, _, _ = vc.build_loaders("digits", input_size=tuple(norm["input_size"]), seed=0, mean=norm["mean"],
-                                    std=norm["std"])
-    images, targets = next(iter(loader))
-    recipe = load_recipe(SEARCH_RECIPE)
-    sparsity = SparsityConfig(**{k: recipe[k] for k in ("attn_weight", "mlp_weight", "tokens_weight",
-                                                           "macs_weighted", "mask_lr")})
-    train = TrainConfig(lr=recipe["lr"], weight_decay=recipe["weight_decay"])
-    plain = vc.load(teacher).train()
-    variants: dict[str, Any] = {
-        "plain": (plain, CrossEntropyObjective(), make_param_groups(plain, train.weight_decay))}
-    for name, cfg in (("masked", vc.SlimConfig(attn=recipe["attn"], mlp=recipe["mlp"], tokens=recipe["tokens"])),
-                      ("masked_attn_mlp", vc.SlimConfig(attn=True, mlp=True, tokens=False))):
-        m = vc.attach_masks(vc.load(teacher), cfg).train()
-        variants[name] = (m, SlimObjective(m, CrossEntropyObjective(), sparsity), slim_param_groups(m, train,
-                                                                                                     sparsity))
-    optims = {n: torch.optim.AdamW(groups, lr=train.lr) for n, (_, _, groups) in variants.items()}
-
-    def step(name: str) -> float:
-        model, objective, _ = variants[name]
-        start = time.perf_counter()
-        optims[name].zero_grad(set_to_none=True)
-        loss, _ = objective(model, images, targets)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-        optims[name].step()
-        return time.perf_counter() - start
-
-    times: dict[str, list[float]] = {n: [] for n in variants}
-    for i in range(steps + 10):
-        for name in variants:
-            t = step(name)
-            if i >= 10:  # warmup steps excluded
-                times[name].append(t)
-    med = {n: statistics.median(v) for n, v in times.items()}
-    return {"median_ms": {n: v * 1e3 for n, v in med.items()}, "steps": steps,
-            "ratio": {n: med[n] / med["plain"] for n in variants if n != "plain"},
-            "batch": int(images.shape[0])}
 
 
 # ------------------------------------------------------------------------------------------------------ report
@@ -495,12 +365,6 @@ def accuracy_rows(args: argparse.Namespace, acc: dict, meas: dict) -> list[dict[
                 "Δ vs teacher": f"{statistics.mean(after) - t1:+.2f}",
             })
     return rows
-
-
-def speedups(meas: dict, name: str, batch: int, threads: int) -> list[float]:
-    """Teacher latency / model latency, round by round (both timed in the same round)."""
-    teacher = meas["models"]["teacher"][key(batch, threads)]
-    return [t / m for t, m in zip(teacher, meas["models"][name][key(batch, threads)], strict=True)]
 
 
 def latency_rows(args: argparse.Namespace, meas: dict, threads: int) -> list[dict[str, str]]:
@@ -538,24 +402,29 @@ def targets(args: argparse.Namespace, acc: dict, meas: dict, reselect: dict, ste
     met = lambda ok: "**met**" if ok else "**NOT met**"
     mean = lambda method, budget: statistics.mean(acc[n]["after"] for n in names(method, budget, args.seeds))
     t1, out = acc["teacher"]["after"], []
+    variants = {"slim": "ViT-Slim", "slim_eq": "ViT-Slim with equal heads"}
     if 0.6 in args.budgets:
-        slim = mean("slim", 0.6)
-        out.append(f"- ViT-Slim ≥ teacher − 0.3 at 60% MACs: {met(slim >= t1 - 0.3)} — {slim:.2f}% (mean of "
-                   f"{len(args.seeds)} seed(s)) vs teacher {t1:.2f}% ({slim - t1:+.2f} points).")
+        for method, label in variants.items():
+            slim = mean(method, 0.6)
+            out.append(f"- {label} ≥ teacher − 0.3 at 60% MACs: {met(slim >= t1 - 0.3)} — {slim:.2f}% (mean of "
+                       f"{len(args.seeds)} seed(s)) vs teacher {t1:.2f}% ({slim - t1:+.2f} points).")
     for budget in args.budgets:
-        slim, tp = mean("slim", budget), mean("tp", budget)
+        tp = mean("tp", budget)
         own = statistics.mean(native[n]["after"] for n in names("tp", budget, args.seeds))
-        out.append(f"- ViT-Slim ≥ Torch-Pruning + 1 point at {budget:.0%} MACs: {met(slim - tp >= 1.0)} — "
-                   f"{slim:.2f}% vs {tp:.2f}% ({slim - tp:+.2f} points; {slim - own:+.2f} against Torch-Pruning's "
-                   "own fused-path models).")
+        for method, label in variants.items():
+            slim = mean(method, budget)
+            out.append(f"- {label} ≥ Torch-Pruning + 1 point at {budget:.0%} MACs: {met(slim - tp >= 1.0)} — "
+                       f"{slim:.2f}% vs {tp:.2f}% ({slim - tp:+.2f} points; {slim - own:+.2f} against "
+                       "Torch-Pruning's own fused-path models).")
     main_t = args.threads[0]
-    cells = [(b, batch, efficiency(args, meas, "slim", b, batch, main_t)) for b in args.budgets
-             for batch in LATENCY_BATCHES]
-    detail = "; ".join(f"{b:.0%} MACs b{batch}: {e:.2f}" for b, batch, e in cells)
-    out.append(f"- Latency speedup ≥ 0.9 × MACs ratio (ViT-Slim models, {main_t} thread): "
-               f"{met(all(e >= 0.9 for *_, e in cells))} — speedup / MACs ratio {detail}"
-               + (" (met only at: " + ", ".join(f"{b:.0%} b{batch}" for b, batch, e in cells if e >= 0.9) + ")"
-                  if any(e >= 0.9 for *_, e in cells) and not all(e >= 0.9 for *_, e in cells) else "") + ".")
+    for method, label in variants.items():
+        cells = [(b, batch, efficiency(args, meas, method, b, batch, main_t)) for b in args.budgets
+                 for batch in LATENCY_BATCHES]
+        detail = "; ".join(f"{b:.0%} MACs b{batch}: {e:.2f}" for b, batch, e in cells)
+        out.append(f"- Latency speedup ≥ 0.9 × MACs ratio ({label}, {main_t} thread): "
+                   f"{met(all(e >= 0.9 for *_, e in cells))} — speedup / MACs ratio {detail}"
+                   + (" (met only at: " + ", ".join(f"{b:.0%} b{batch}" for b, batch, e in cells if e >= 0.9) + ")"
+                      if any(e >= 0.9 for *_, e in cells) and not all(e >= 0.9 for *_, e in cells) else "") + ".")
     out.append(f"- Re-selecting a new budget + extracting < 2 s: {met(reselect['max_s'] < 2.0)} — median "
                f"{reselect['median_s'] * 1e3:.1f} ms, max {reselect['max_s'] * 1e3:.1f} ms over "
                f"{len(reselect['seconds'])} selections.")
@@ -628,15 +497,8 @@ def render(args: argparse.Namespace, command: str, runs: dict, acc: dict, meas: 
         *(f"OMP_NUM_THREADS={args.train_threads} vitcompress {finetune_cmd(m)}" for m in METHODS),
     ]
     return "\n".join([
-        "## ViT-Slim vs Torch-Pruning vs uniform pruning on `digits` (60% and 40% MACs)"
-        + (" — QUICK SMOKE RUN, not a result" if args.quick else ""),
-        "",
-        "```bash",
-        command,
-        "```",
-        "",
-        _report.machine_markdown(),
-        "",
+        *_report.heading("## ViT-Slim vs Torch-Pruning vs uniform pruning on `digits` (60% and 40% MACs)", command,
+                         args.quick),
         f"Teacher: `{teacher_cmd}` ({teacher_epochs} epochs, one run, {acc['teacher']['after']:.2f}% top-1). "
         f"Seeds {', '.join(map(str, seeds))}; top-1 on the 360 fixed `digits` val images (1 image = 0.28 points), "
         "mean ± sample std over seeds. Per seed and budget:",
@@ -647,6 +509,9 @@ def render(args: argparse.Namespace, command: str, runs: dict, acc: dict, meas: 
         "mode (share: the same kept share of every mask type, the CLI default; joint: one threshold over all mask "
         "values) was chosen, like Torch-Pruning's ranking below, by top-1 before fine-tuning on the first seed's "
         f"search ({slim_modes_text(args)}).",
+        "- **(a′) ViT-Slim, equal heads**: the same search and mode, extracted with `--equal-heads`: every head of a "
+        "layer keeps the same number of dims (the layer's thresholded total over its heads, each head's best), so "
+        "each layer runs one attention call instead of one per distinct head width.",
         f"- **(b) Torch-Pruning {_tp_version()}**: `MetaPruner` + `GroupTaylorImportance` on the timm teacher, "
         f"gradients of CE over {args.taylor_batches} train batches of 64 (seed-dependent order), **{args.tp_ranking}** "
         "ranking over attention head dims (the same dims in every head of a layer: Torch-Pruning's head-dim mode) "
@@ -659,7 +524,7 @@ def render(args: argparse.Namespace, command: str, runs: dict, acc: dict, meas: 
         "the largest-ℓ1 rows (q+k+v rows of a dim; fc1 row of a unit) of the teacher; k and m from one shared "
         "share, then m raised while the MACs stay within B (one step of k moves the MACs by several percent here). "
         "Built with `vc.extract(teacher, Selection)`; one model per budget, the same for every seed.",
-        f"- **Fine-tuning** (all three, same command): `vitcompress finetune` {args.finetune_epochs} epochs, "
+        f"- **Fine-tuning** (every method, same command): `vitcompress finetune` {args.finetune_epochs} epochs, "
         f"lr {args.lr}, AdamW wd 0.05, 1 warmup epoch, cosine, batch 64, logit KD from the teacher with "
         f"α = {args.kd_alpha}, T = 1. \"top-1 pruned\" is before fine-tuning.",
         f"- Every training run used {args.train_threads} torch thread(s) (OMP_NUM_THREADS); MACs per image, "
@@ -682,7 +547,8 @@ def render(args: argparse.Namespace, command: str, runs: dict, acc: dict, meas: 
         "absolute values.",
         "",
         "Where the time goes at batch 32, 1 thread (torch.profiler self CPU time per forward, seed "
-        f"{first} models, one pass). Compare the columns across rows: the MACs sit in the matmuls (small, odd-sized "
+        f"{first} models, 20 forwards per pass, median of 3 round-robin passes). Compare the columns across rows: "
+        "the MACs sit in the matmuls (small, odd-sized "
         "GEMMs here), while the attention kernel (CPU flash attention over 17 tokens of head width ≤ 16) and the "
         "rest (LayerNorms, GELU, residual adds, copies, patch embedding) are mostly per-op and per-token costs "
         "that pruning widths does not remove.",
@@ -713,12 +579,13 @@ def render(args: argparse.Namespace, command: str, runs: dict, acc: dict, meas: 
         "and its manual path (`self.scale`, 1/√(original head_dim)) of the same pruned model disagree "
         "(column \"fused − manual\"). "
         "The manual path is the one that keeps the teacher's function on the kept dims, and is what the extracted "
-        "models compute, for all three methods alike.",
+        "models compute, for every method alike.",
         "",
         markdown_table(baseline_notes(args, runs)),
         "",
         "Check of that convention: Torch-Pruning's own models on timm's fused path, fine-tuned in process by "
-        "`vitcompress.train.fit` with the same objective, epochs and seeds: " + "; ".join(
+        "`vitcompress.train.fit` with the same objective, epochs, seeds and data order as `vitcompress finetune`: "
+        + "; ".join(
             f"{b:.0%} MACs: {mean_std([native[n]['after'] for n in names('tp', b, seeds)])} "
             f"(before fine-tuning {mean_std([native[n]['before'] for n in names('tp', b, seeds)])}) vs "
             f"{mean_std([acc[n]['after'] for n in names('tp', b, seeds)])} for the extracted ones in the main table"
@@ -735,15 +602,8 @@ def render(args: argparse.Namespace, command: str, runs: dict, acc: dict, meas: 
         f"min for the fused-path Torch-Pruning check; this invocation took {total_s / 60:.1f} min"
         + (f", reusing {reused} finished run(s) from an earlier one." if reused else "."),
         "",
-        "<details><summary>The commands (first seed, first budget) and every fine-tuned model</summary>",
-        "",
-        "```bash",
-        *commands,
-        "```",
-        "",
-        markdown_table(per_run_rows(runs, acc, meas, args.threads)),
-        "",
-        "</details>",
+        *_report.details("The commands (first seed, first budget) and every fine-tuned model", commands,
+                         markdown_table(per_run_rows(runs, acc, meas, args.threads))),
     ])
 
 
@@ -833,13 +693,14 @@ def main(argv: list[str] | None = None) -> None:
     selections = slim_selections(args, runs)
     print("timing select + extract and training steps", flush=True)
     reselect = time_reselect(runs["search"][args.seeds[0]]["dir"], RESELECT_BUDGETS, 1 if args.quick else 3)
-    steps = time_steps(args.teacher_dir, args.steps)
+    steps = time_steps(args.teacher_dir, SEARCH_RECIPE, args.steps)
     import vitcompress as vc
 
     size = tuple(json.loads((args.teacher_dir / "spec.json").read_text())["extra"]["data"]["input_size"])
     recipe_error = _baselines.documented_recipe_error(vc.load(args.teacher_dir), size)
     dirs = {"teacher": args.teacher_dir, **{n: r["dir"] for n, r in runs["finetune"].items()}}
-    meas = measure_models(dirs, args.rounds, args.threads, args.min_run_time)
+    meas = measure_models(saved_models(dirs), args.rounds, args.threads, args.min_run_time,
+                          warmup=few_warmups_for_big_batches)
     first = args.seeds[0]
     breakdown = op_breakdown({"teacher": args.teacher_dir, **{
         f"{m}/{tag(b)}/seed{first}": runs["finetune"][f"{m}/{tag(b)}/seed{first}"]["dir"]
@@ -850,9 +711,7 @@ def main(argv: list[str] | None = None) -> None:
         {"accuracy": acc, "measurements": meas, "reselect": reselect, "steps": steps, "runs": runs,
          "slim_selections": selections, "op_breakdown": breakdown, "tp_native": native},
         indent=2, default=str))
-    path = _report.write_section(args.md, SECTION, body)
-    print(body)
-    print(f"\nwrote section {SECTION!r} of {path}", flush=True)
+    _report.publish(args.md, SECTION, body)
 
 
 if __name__ == "__main__":

@@ -23,18 +23,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import random
 import shlex
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import _report
+from _measure import LATENCY_BATCHES, input_size, key, measure_models, saved_models, speedups
+from _report import mean_std
+from _runs import epoch_flags, finished, recipe_value, run_cli
 
 SECTION = "swin-digits"
 TEACHER_RECIPE = "digits-swin-teacher"
@@ -51,60 +51,9 @@ VARIANTS = {  # name -> label in the tables
     "slim": f"(e) ViT-Slim search, extract {MACS_TARGET:.0%} MACs + fine-tune",
 }
 SLIM_VARIANTS = ("slim-uniform", "slim")
-LATENCY_BATCHES = (1, 32)
 
 
 # ----------------------------------------------------------------------------------------------- training runs
-
-
-def recipe_value(recipe: str, key: str) -> Any:
-    from vitcompress.cli_args import load_recipe
-
-    return load_recipe(recipe)[key]
-
-
-def epoch_flags(epochs: int | None, warmup: float) -> list[str]:
-    """`--epochs N` when overriding a recipe, shortening the warmup if it would not fit (quick trials only)."""
-    if epochs is None:
-        return []
-    return ["--epochs", str(epochs), *(["--warmup-epochs", str(epochs / 2)] if warmup > epochs else [])]
-
-
-def _finished(out_dir: Path, record: dict[str, Any], force: bool) -> dict[str, Any] | None:
-    """The bench.json of a finished run in `out_dir` made by the same `record`, else None."""
-    stamp = out_dir / "bench.json"
-    if force or not (out_dir / "report.json").is_file() or not stamp.is_file():
-        return None
-    done = json.loads(stamp.read_text())
-    return done if all(done.get(k) == v for k, v in record.items()) else None
-
-
-def run_cli(argv: list[str], out_dir: Path, log: Path, force: bool, threads: int) -> tuple[float, bool]:
-    """Run `python -m vitcompress.cli *argv` into `out_dir` unless an identical finished run is there.
-
-    The run gets `threads` torch CPU threads (OMP_NUM_THREADS). Returns (wall seconds, whether it ran now).
-    Anything else in `out_dir` is deleted first, so a stale checkpoint is never resumed by accident.
-    """
-    record = {"argv": argv, "threads": threads}
-    done = _finished(out_dir, record, force)
-    if done:
-        print(f"  reuse  {out_dir} (same command, {done['seconds']:.0f} s)", flush=True)
-        return done["seconds"], False
-    shutil.rmtree(out_dir, ignore_errors=True)
-    log.parent.mkdir(parents=True, exist_ok=True)
-    print(f"  run    vitcompress {shlex.join(argv)}", flush=True)
-    start = time.perf_counter()
-    with open(log, "w") as f:
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-        proc = subprocess.run([sys.executable, "-m", "vitcompress.cli", *argv], stdout=f, stderr=subprocess.STDOUT,
-                              env=env)
-    seconds = time.perf_counter() - start
-    if proc.returncode != 0:
-        tail = log.read_text().strip().splitlines()[-1:] or [""]
-        raise RuntimeError(f"vitcompress {shlex.join(argv)} failed (exit {proc.returncode}): {tail[0]} (see {log})")
-    (out_dir / "bench.json").write_text(json.dumps({**record, "seconds": seconds}, indent=2))
-    print(f"         done in {seconds:.0f} s", flush=True)
-    return seconds, True
 
 
 def magnitude_selection(model: Any, share: float) -> Any:
@@ -138,7 +87,7 @@ def uniform_prune(teacher_dir: Path, out_dir: Path, target: float, force: bool, 
     from vitcompress.export import read_spec
 
     record = {"teacher": str(teacher_dir), "target": target, "scores": "l1 qkv rows, fc1 rows"}
-    if not teacher_ran and _finished(out_dir, record, force):
+    if not teacher_ran and finished(out_dir, record, force):
         print(f"  reuse  {out_dir}", flush=True)
         return False
     shutil.rmtree(out_dir, ignore_errors=True)
@@ -193,21 +142,20 @@ class Runner:
         out_dir = self.work / name
         force = self.args.force or any(self.runs[d]["ran"] for d in deps)
         seconds, ran = run_cli(argv, out_dir, self.work / "logs" / f"{name.replace('/', '-')}.log", force,
-                               self.args.train_threads)
+                               self.args.train_threads, recoverable=True)
         self.runs[name] = {"argv": argv, "seconds": seconds, "ran": ran, "dir": out_dir}
 
     def multiplex_and_teacher(self) -> None:
         a, t = self.args, str(self.work / "teacher")
         print("teacher", flush=True)
         self.cli("teacher", ["train", "--config", TEACHER_RECIPE, "--seed", "0", "-o", t, "--no-progress",
-                             *epoch_flags(a.teacher_epochs, recipe_value(TEACHER_RECIPE, "warmup_epochs"))], [])
-        warm = recipe_value(MPLX_RECIPE, "warmup_epochs")
+                             *epoch_flags(TEACHER_RECIPE, a.teacher_epochs)], [])
         for variant, flags in (("mplx-naive", NAIVE_FLAGS), ("mplx-full", [])):
             for seed in a.seeds:
                 name = f"{variant}/seed{seed}"
                 print(name, flush=True)
                 self.cli(name, ["multiplex", "--teacher", t, "--config", MPLX_RECIPE, "--seed", str(seed), "-o",
-                                str(self.work / name), "--no-progress", *flags, *epoch_flags(a.epochs, warm)],
+                                str(self.work / name), "--no-progress", *flags, *epoch_flags(MPLX_RECIPE, a.epochs)],
                          ["teacher"])
 
     def slim(self) -> None:
@@ -224,13 +172,12 @@ class Runner:
             print(name, flush=True)
             self.cli(name, ["finetune", "--model", str(self.work / "slim-uniform" / "cut"), "--seed", str(seed),
                             "-o", str(self.work / name), "--no-progress", *finetune], ["slim-uniform/cut"])
-        warm = recipe_value(SLIM_RECIPE, "warmup_epochs")
         for seed in a.seeds:
             search, cut, name = (f"slim/search{seed}", f"slim/cut{seed}", f"slim/seed{seed}")
             print(name, flush=True)
             self.cli(search, ["slim", "search", "--model", t, "--config", SLIM_RECIPE, "--seed", str(seed), "-o",
                               str(self.work / search), "--no-progress",
-                              *epoch_flags(a.slim_epochs, warm)], ["teacher"])
+                              *epoch_flags(SLIM_RECIPE, a.slim_epochs)], ["teacher"])
             self.cli(cut, ["slim", "extract", "--search", str(self.work / search), "--macs", str(MACS_TARGET),
                            "-o", str(self.work / cut)], [search])
             self.cli(name, ["finetune", "--model", str(self.work / cut), "--seed", str(seed), "-o",
@@ -238,16 +185,6 @@ class Runner:
 
 
 # ------------------------------------------------------------------------------------------------ measurements
-
-
-def input_size(model_dir: Path) -> tuple[int, int, int]:
-    from vitcompress.export import read_spec
-
-    return tuple(read_spec(model_dir)["extra"]["data"]["input_size"])
-
-
-def key(batch: int, threads: int) -> str:
-    return f"lat{batch}t{threads}"
 
 
 def read_accuracy(runs: dict[str, Any]) -> dict[str, dict[str, float]]:
@@ -296,37 +233,7 @@ def windows(model_dir: Path) -> str:
     return (f"maps {maps}, windows {wins}, shifted windows in stage(s) {', '.join(shifted) or 'none'}")
 
 
-def measure_models(runs: dict[str, Any], rounds: int, threads: list[int], min_run_time: float) -> dict[str, Any]:
-    """Params, MACs and latency of every final model; latency is timed in `rounds` shuffled passes over all."""
-    import vitcompress as vc
-
-    dirs = model_runs(runs)
-    models = {name: vc.load(d).eval() for name, d in dirs.items()}
-    sizes = {name: input_size(d) for name, d in dirs.items()}
-    out: dict[str, Any] = {name: {"params": vc.count_params(m), "macs": vc.count_macs(m, sizes[name]),
-                                  **{key(b, t): [] for b in LATENCY_BATCHES for t in threads}}
-                          for name, m in models.items()}
-    load_before = os.getloadavg()
-    order, rng = list(models), random.Random(0)
-    for r in range(rounds):
-        rng.shuffle(order)
-        print(f"latency round {r + 1}/{rounds} (load {os.getloadavg()[0]:.2f})", flush=True)
-        for name in order:
-            for t in threads:
-                for batch in LATENCY_BATCHES:
-                    result = vc.measure_latency(models[name], sizes[name], batch_size=batch, threads=t,
-                                                min_run_time=min_run_time)
-                    out[name][key(batch, t)].append(result.median_ms)
-    return {"models": out, "load_before": load_before, "load_after": os.getloadavg()}
-
-
 # ------------------------------------------------------------------------------------------------------ report
-
-
-def mean_std(values: list[float]) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.2f} (n=1)"
-    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
 
 
 def span(values: list[float], fmt: str) -> str:
@@ -336,12 +243,6 @@ def span(values: list[float], fmt: str) -> str:
 
 def names_of(variant: str, seeds: list[int]) -> list[str]:
     return ["teacher"] if variant == "teacher" else [f"{variant}/seed{s}" for s in seeds]
-
-
-def speedups(meas: dict, names: list[str], batch: int, threads: int) -> list[float]:
-    """Teacher latency / model latency, paired round by round (same pass over the models), for every seed."""
-    teacher = meas["models"]["teacher"][key(batch, threads)]
-    return [t / m for n in names for t, m in zip(teacher, meas["models"][n][key(batch, threads)], strict=True)]
 
 
 def summary_rows(variants: list[str], seeds: list[int], acc: dict, meas: dict, threads: int) -> list[dict]:
@@ -359,7 +260,7 @@ def summary_rows(variants: list[str], seeds: list[int], acc: dict, meas: dict, t
             lat = [x for m in models for x in m[key(b, threads)]]
             row[f"latency b{b} (ms)"] = f"{statistics.median(lat):.2f}"
         for b in LATENCY_BATCHES:
-            ratio = speedups(meas, names, b, threads)
+            ratio = [x for n in names for x in speedups(meas, n, b, threads)]
             row[f"speedup b{b}"] = f"{statistics.median(ratio):.2f}× [{min(ratio):.2f}–{max(ratio):.2f}]"
         rows.append(row)
     return rows
@@ -436,14 +337,7 @@ def render(args: argparse.Namespace, command: str, state: dict[str, Any], total_
             "",
         ]
     return "\n".join([
-        "## Mini-Swin and Swin-Slim on `digits`" + (" — QUICK SMOKE RUN, not a result" if args.quick else ""),
-        "",
-        "```bash",
-        command,
-        "```",
-        "",
-        _report.machine_markdown(),
-        "",
+        *_report.heading("## Mini-Swin and Swin-Slim on `digits`", command, args.quick),
         f"Teacher: `vitcompress train --config {TEACHER_RECIPE}` (`{teacher_recipe['model']}` with "
         f"{teacher_recipe['model_args']}: {windows(runs['teacher']['dir'])}; "
         f"{args.teacher_epochs or teacher_recipe['epochs']} epochs, seed 0, one run). Students "
@@ -470,17 +364,12 @@ def render(args: argparse.Namespace, command: str, state: dict[str, Any], total_
         f"below); this invocation took {total_s / 60:.1f} min"
         + (f", reusing {reused} finished run(s) from an earlier one." if reused else "."),
         "",
-        "<details><summary>The CLI commands (first seed shown) and every run</summary>",
-        "",
-        "```bash",
-        *(f"OMP_NUM_THREADS={args.train_threads} vitcompress {shlex.join(runs[n]['argv'])}" if runs[n]["argv"]
-          else f"# {n}: benchmarks/swin_digits.py uniform_prune (vitcompress.extract with a magnitude Selection)"
-          for n in firsts),
-        "```",
-        "",
-        per_run_table(runs, acc, meas, args.threads),
-        "",
-        "</details>",
+        *_report.details("The CLI commands (first seed shown) and every run",
+                         [f"OMP_NUM_THREADS={args.train_threads} vitcompress {shlex.join(runs[n]['argv'])}"
+                          if runs[n]["argv"] else
+                          f"# {n}: benchmarks/swin_digits.py uniform_prune (vitcompress.extract with a magnitude "
+                          "Selection)" for n in firsts],
+                         per_run_table(runs, acc, meas, args.threads)),
     ])
 
 
@@ -535,15 +424,13 @@ def main(argv: list[str] | None = None) -> None:
             runner.runs = {n: r for n, r in runner.runs.items() if not n.startswith("slim")}
     runs = runner.runs
     acc = read_accuracy(runs)
-    meas = measure_models(runs, args.rounds, args.threads, args.min_run_time)
+    meas = measure_models(saved_models(model_runs(runs)), args.rounds, args.threads, args.min_run_time)
     state = {"runs": runs, "acc": acc, "meas": meas, "slim_missing": slim_missing}
     body = render(args, command, state, time.perf_counter() - start)
     (args.work / "results.json").write_text(json.dumps(
         {"accuracy": acc, "measurements": meas, "slim_missing": slim_missing,
          "runs": {k: {**v, "dir": str(v["dir"])} for k, v in runs.items()}}, indent=2))
-    path = _report.write_section(args.md, SECTION, body)
-    print(body)
-    print(f"\nwrote section {SECTION!r} of {path}", flush=True)
+    _report.publish(args.md, SECTION, body)
 
 
 if __name__ == "__main__":

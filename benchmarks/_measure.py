@@ -1,0 +1,96 @@
+"""Latency, params and MACs of saved or in-memory models, shared by the benchmark scripts.
+
+Latency is timed in rounds over all models in shuffled order, one sample per (model, batch, threads) and round,
+so that load from other processes spreads over every model rather than hitting one; speedups pair the teacher's
+and a model's samples of the same round.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+LATENCY_BATCHES = (1, 32)
+
+
+def key(batch: int, threads: int) -> str:
+    """Where the per-round latencies of one (batch, threads) setting are stored in a model's measurements."""
+    return f"lat{batch}t{threads}"
+
+
+def input_size(model_dir: Path) -> tuple[int, int, int]:
+    """The (channels, height, width) a saved model was trained on, from its spec."""
+    from vitcompress.export import read_spec
+
+    return tuple(read_spec(model_dir)["extra"]["data"]["input_size"])
+
+
+def saved_models(dirs: dict[str, Path]) -> dict[str, tuple[Any, tuple[int, ...]]]:
+    """Each saved model (`vitcompress.load`, eval mode) with the input size its spec records."""
+    import vitcompress as vc
+
+    return {name: (vc.load(d).eval(), input_size(d)) for name, d in dirs.items()}
+
+
+def attention_calls(model: Any) -> int | None:
+    """Attention kernels (SDPA calls) per forward: one per layer, or one per group of equal-width heads.
+
+    None for models without a flat `blocks` list (Swin nests its blocks in stages).
+    """
+    if not hasattr(model, "blocks"):
+        return None
+    return sum(len(getattr(blk.attn, "groups", [None])) for blk in model.blocks)
+
+
+def few_warmups_for_big_batches(batch: int) -> int:
+    """Untimed forwards before a measurement: one pass of a large batch already sizes the allocator and thread
+    pools, and at ImageNet size each extra pass costs seconds."""
+    return 1 if batch >= 8 else 3
+
+
+def measure_models(models: dict[str, tuple[Any, tuple[int, ...]]], rounds: int, threads: list[int],
+                   min_run_time: float, batches: tuple[int, ...] = LATENCY_BATCHES,
+                   warmup: Callable[[int], int] | None = None) -> dict[str, Any]:
+    """Params, MACs, attention calls and latency of every (model, input size); latency in `rounds` shuffled passes
+    over all of them, stored under `key(batch, threads)`, one sample per round (that measurement's median).
+
+    `warmup(batch)` gives the untimed forwards before each measurement; None keeps `measure_latency`'s default.
+    """
+    import vitcompress as vc
+
+    out: dict[str, Any] = {}
+    for name, (m, size) in models.items():
+        calls = attention_calls(m)
+        out[name] = {"params": vc.count_params(m), "macs": vc.count_macs(m, size),
+                     **({} if calls is None else {"attn_calls": calls}),
+                     **{key(b, t): [] for b in batches for t in threads}}
+    load_before = os.getloadavg()
+    order = list(models)
+    rng = random.Random(0)
+    for r in range(rounds):
+        rng.shuffle(order)
+        print(f"latency round {r + 1}/{rounds} (load {os.getloadavg()[0]:.2f})", flush=True)
+        for name in order:
+            model, size = models[name]
+            for t in threads:
+                for batch in batches:
+                    extra = {} if warmup is None else {"warmup": warmup(batch)}
+                    result = vc.measure_latency(model, size, batch_size=batch, threads=t, min_run_time=min_run_time,
+                                                **extra)
+                    out[name][key(batch, t)].append(result.median_ms)
+    return {"models": out, "load_before": load_before, "load_after": os.getloadavg()}
+
+
+def speedups(meas: dict[str, Any], name: str, batch: int, threads: int) -> list[float]:
+    """Teacher latency / model latency, round by round (both timed in the same round)."""
+    teacher = meas["models"]["teacher"][key(batch, threads)]
+    return [t / m for t, m in zip(teacher, meas["models"][name][key(batch, threads)], strict=True)]
+
+
+def spread(meas: dict[str, Any], threads: int, batches: tuple[int, ...] = LATENCY_BATCHES) -> float:
+    """Largest max/min ratio of one model's per-round latencies at `threads`, over models and batch sizes."""
+    return max(max(m[key(b, threads)]) / min(m[key(b, threads)])
+               for m in meas["models"].values() for b in batches)
