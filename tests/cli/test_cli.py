@@ -119,3 +119,13 @@ def test_teacher_with_wrong_classes_is_refused(tmp_path, capsys):
     assert main(args) == 2
     assert "1000 classes" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_demo_runs_end_to_end(tmp_path, capsys):
+    # The README's main command, shortened to one epoch per model.
+    out = tmp_path / "demo"
+    assert main(["demo", "-o", str(out), "--teacher-epochs", "1", "--student-epochs", "1", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "[2/2]" in printed and "student" in printed
+    student = vc.load(out / "student")
+    assert vc.count_params(student) < vc.count_params(vc.load(out / "teacher"))

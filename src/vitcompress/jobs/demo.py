@@ -37,10 +37,11 @@ def demo_job(
         if (stale / "metrics.jsonl").exists() or (stale / "spec.json").exists():
             shutil.rmtree(stale)
     t_recipe, s_recipe = load_recipe("digits-teacher"), load_recipe("digits-multiplex")
-    if teacher_epochs:
-        t_recipe["epochs"] = teacher_epochs
-    if student_epochs:
-        s_recipe["epochs"] = student_epochs
+    for recipe, epochs in ((t_recipe, teacher_epochs), (s_recipe, student_epochs)):
+        if epochs:
+            recipe["epochs"] = epochs
+            if recipe.get("warmup_epochs", 0) > epochs:  # a short trial run: the recipe's warmup would not fit
+                recipe["warmup_epochs"] = epochs / 2
     (t_train,) = _split(t_recipe, TrainConfig)
     print(f"[1/2] training the teacher ({t_recipe['model']}, {t_recipe['model_args']}) on digits")
     train_job(t_recipe["model"], t_recipe["data"], out / "teacher", t_train, model_args=t_recipe["model_args"],
