@@ -11,6 +11,19 @@ from vitcompress.errors import VitCompressError
 from vitcompress.metrics import count_macs, count_params, measure_latency
 from vitcompress.metrics._checks import fixed_input_size
 from vitcompress.report import model_row
+from vitcompress.train import seed_everything
+from vitcompress.train.distributed import DistInfo, setup_distributed
+
+
+def start_job(seed: int) -> DistInfo:
+    """Join the process group if launched by torchrun, then seed everything from the run's seed.
+
+    Seeding comes before any model is built: fresh weights (a new head, a timm model from scratch) come from
+    torch's global generator, which torch seeds differently in every process.
+    """
+    dist = setup_distributed()
+    seed_everything(seed)
+    return dist
 
 
 def input_size_of(model: nn.Module) -> tuple[int, int, int]:

@@ -7,15 +7,15 @@ from typing import Any
 
 from vitcompress.errors import VitCompressError
 from vitcompress.export import save
-from vitcompress.jobs.common import check_classes, data_extra, describe_row, loaders_for
+from vitcompress.jobs.common import check_classes, data_extra, describe_row, loaders_for, start_job
 from vitcompress.metrics import evaluate
 from vitcompress.models.resolve import resolve_model
 from vitcompress.multiplexing import MultiplexConfig, multiplex
 from vitcompress.multiplexing.distill_config import DistillConfig
 from vitcompress.multiplexing.objective import DistillationObjective
 from vitcompress.report import markdown_table, write_report
-from vitcompress.train import TrainConfig, fit, seed_everything
-from vitcompress.train.distributed import cleanup, setup_distributed
+from vitcompress.train import TrainConfig, fit
+from vitcompress.train.distributed import cleanup
 
 LOSS_KEYS = ("loss", "ce", "kd_logits", "kd_attn", "kd_hidden")
 
@@ -42,10 +42,7 @@ def multiplex_job(
     The student is distilled from `teacher`, or from `kd_teacher` when given (any timm ViT/DeiT with the same
     patch grid; its width may differ).
     """
-    dist = setup_distributed()
-    # Before any model is built: fresh weights (a new head, a timm model from scratch) come from torch's global
-    # generator, which torch seeds differently in every process.
-    seed_everything(train.seed)
+    dist = start_job(train.seed)
     try:
         source, extra = resolve_model(teacher, arch=arch, pretrained=pretrained, model_args=model_args)
         train_loader, val_loader, info = loaders_for(

@@ -13,7 +13,7 @@ from torch import nn
 from vitcompress.errors import VitCompressError
 from vitcompress.export import save
 from vitcompress.export.io import load, read_spec
-from vitcompress.jobs.common import check_classes, data_extra, describe_row, input_size_of, loaders_for
+from vitcompress.jobs.common import check_classes, data_extra, describe_row, input_size_of, loaders_for, start_job
 from vitcompress.metrics import count_macs, count_params, evaluate, measure_latency
 from vitcompress.models.resolve import resolve_model
 from vitcompress.multiplexing.distill_config import DistillConfig
@@ -23,8 +23,8 @@ from vitcompress.slim import SlimConfig, SlimObjective, SparsityConfig, attach_m
 from vitcompress.slim.selection import Selection
 from vitcompress.slim.solver import budget_curve
 from vitcompress.slim.sparsity import slim_param_groups
-from vitcompress.train import CrossEntropyObjective, TrainConfig, fit, seed_everything
-from vitcompress.train.distributed import cleanup, setup_distributed
+from vitcompress.train import CrossEntropyObjective, TrainConfig, fit
+from vitcompress.train.distributed import cleanup
 
 LOSS_KEYS = ("loss", "task", "ce", "kd_logits", "sparsity", "mask_attn", "mask_mlp", "mask_tokens")
 
@@ -58,10 +58,7 @@ def search_job(
 
     `kd_alpha` > 0 adds logit distillation from the unmasked original: (1 - α)·CE + α·KL.
     """
-    dist = setup_distributed()
-    # Before any model is built: fresh weights (a new head, a timm model from scratch) come from torch's global
-    # generator, which torch seeds differently in every process.
-    seed_everything(train.seed)
+    dist = start_job(train.seed)
     try:
         source, extra = resolve_model(model, arch=arch, pretrained=pretrained, model_args=model_args)
         train_loader, val_loader, info = loaders_for(
@@ -181,10 +178,7 @@ def finetune_job(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Retrain a saved (e.g. extracted) model with CE, plus logit KD from `kd_teacher` when given."""
-    dist = setup_distributed()
-    # Before any model is built: fresh weights (a new head, a timm model from scratch) come from torch's global
-    # generator, which torch seeds differently in every process.
-    seed_everything(train.seed)
+    dist = start_job(train.seed)
     try:
         net, extra = resolve_model(model)
         train_loader, val_loader, info = loaders_for(

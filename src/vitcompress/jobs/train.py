@@ -6,12 +6,12 @@ from pathlib import Path
 from typing import Any
 
 from vitcompress.export import save
-from vitcompress.jobs.common import check_classes, data_extra, describe_row, loaders_for
+from vitcompress.jobs.common import check_classes, data_extra, describe_row, loaders_for, start_job
 from vitcompress.metrics import evaluate
 from vitcompress.models.resolve import resolve_model
 from vitcompress.report import markdown_table, write_report
-from vitcompress.train import CrossEntropyObjective, TrainConfig, fit, seed_everything
-from vitcompress.train.distributed import cleanup, setup_distributed
+from vitcompress.train import CrossEntropyObjective, TrainConfig, fit
+from vitcompress.train.distributed import cleanup
 
 
 def train_job(
@@ -29,10 +29,7 @@ def train_job(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Train `model` on `data`, save it to `out` (loadable with `vitcompress.load`) with a report."""
-    dist = setup_distributed()
-    # Before any model is built: fresh weights (a new head, a timm model from scratch) come from torch's global
-    # generator, which torch seeds differently in every process.
-    seed_everything(train.seed)
+    dist = start_job(train.seed)
     try:
         net, extra = resolve_model(model, arch=arch, pretrained=pretrained, model_args=model_args)
         train_loader, val_loader, info = loaders_for(
