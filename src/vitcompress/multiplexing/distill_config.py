@@ -19,6 +19,10 @@ class DistillConfig(BaseConfig):
     temperature: float = 1.0
     """Softmax temperature of the logit distillation (the KL term is scaled by T² as usual)."""
 
+    distillation_type: str = "soft"
+    """Logit term: "soft" (match the teacher's distribution with `logits_loss`) or "hard" (DeiT: cross-entropy
+    on the teacher's argmax; a distilled student's dist head learns from it)."""
+
     logits_loss: str = "kl"
     """"kl": KL(teacher || student), zero when they agree; "soft_ce": the official soft cross-entropy."""
 
@@ -50,6 +54,8 @@ class DistillConfig(BaseConfig):
             raise VitCompressError(f"alpha={self.alpha} must be in [0, 1] (share of KD in the prediction loss)")
         if self.temperature <= 0:
             raise VitCompressError(f"temperature={self.temperature} must be > 0")
+        if self.distillation_type not in ("soft", "hard"):
+            raise VitCompressError(f"distillation_type={self.distillation_type!r} must be 'soft' or 'hard'")
         if self.logits_loss not in ("kl", "soft_ce"):
             raise VitCompressError(f"logits_loss={self.logits_loss!r} must be 'kl' or 'soft_ce'")
         if self.attn_weight < 0 or self.hidden_weight < 0:

@@ -73,6 +73,8 @@ def fit(
     device: str | torch.device | None = None,
     evaluate_fn: EvaluateFn | None = None,
     progress: bool = True,
+    mixup: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None,
+    run_meta: Mapping[str, Any] | None = None,
 ) -> History:
     """Train `model` in place to minimise `objective`, evaluating, logging and checkpointing every epoch.
 
@@ -94,6 +96,10 @@ def fit(
         evaluate_fn: `evaluate_fn(model, val_loader) -> {name: number}`, called in eval mode under no_grad
             and the run's autocast; default: top-1/top-5 (percent) and cross-entropy.
         progress: Show a tqdm bar (on a TTY) and per-epoch summaries on rank 0; False prints nothing.
+        mixup: `mixup(images, targets) -> (images, soft_targets)` applied to every training batch on the
+            device before the objective sees it (timm's `Mixup`); the objective must accept soft targets.
+        run_meta: What identifies the run besides `cfg` (model, data, augmentation, objective settings), as
+            JSON types; stored in each checkpoint, and a resume with different values is refused.
 
     Returns:
         The per-epoch records (earlier epochs of a resumed run included) and the EMA model, if any.
