@@ -96,7 +96,7 @@ def time_steps(teacher: Path, recipe_name: str, steps: int) -> dict[str, Any]:
                                     std=norm["std"])
     images, targets = next(iter(loader))
     recipe = load_recipe(recipe_name)
-    sparsity = SparsityConfig(**{k: recipe[k] for k in ("attn_weight", "mlp_weight", "tokens_weight",
+    sparsity = SparsityConfig(**{k: recipe[k] for k in ("l1_attn", "l1_mlp", "l1_tokens",
                                                            "macs_weighted", "mask_lr")})
     train = TrainConfig(lr=recipe["lr"], weight_decay=recipe["weight_decay"])
     plain = vc.load(teacher).train()

@@ -195,7 +195,7 @@ def tp_native(args: argparse.Namespace) -> dict[str, Any]:
     """
     import vitcompress as vc
     from vitcompress.export import read_spec
-    from vitcompress.jobs.slim import _logit_kd
+    from vitcompress.jobs.slim import logit_kd
 
     cache = args.work / "tp_native.json"
     done = json.loads(cache.read_text()) if cache.is_file() and not args.force else {}
@@ -223,7 +223,7 @@ def tp_native(args: argparse.Namespace) -> dict[str, Any]:
             for blk in model.blocks:
                 blk.attn.fused_attn = True
             before = vc.evaluate(model, val_loader)["top1"]
-            objective = _logit_kd(model, vc.load(args.teacher_dir).eval(), args.kd_alpha, 1.0)
+            objective = logit_kd(model, vc.load(args.teacher_dir).eval(), vc.DistillConfig(alpha=args.kd_alpha))
             vc.fit(model.train(), train_loader, val_loader, objective,
                    vc.TrainConfig(epochs=args.finetune_epochs, lr=args.lr, seed=seed), out_dir=None, progress=False)
             done[name] = {"config": config, "before": before, "after": vc.evaluate(model, val_loader)["top1"],

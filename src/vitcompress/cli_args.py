@@ -1,19 +1,80 @@
-"""Argparse arguments generated from config dataclasses: field docstrings become `--help` text."""
+"""Argparse subcommands derived from a job's typed signature: config dataclass fields and plain typed arguments.
+
+A job parameter annotated with a `BaseConfig` subclass contributes one flag per field (the field's docstring is
+its help, the dataclass default its default); any other typed parameter is one flag documented by the job
+docstring's `Args:` entry. The same description validates YAML recipes, so the flags, the recipe keys and the
+job's arguments can never drift apart, and every default lives in the dataclass or the signature only.
+"""
 
 from __future__ import annotations
 
 import argparse
 import ast
 import dataclasses
+import functools
 import inspect
 import json
+import re
 import textwrap
 import types
 import typing
+from collections.abc import Callable, Mapping
+from pathlib import Path, PurePath
 from typing import Any
 
 from vitcompress.config import BaseConfig
 from vitcompress.errors import VitCompressError
+
+SHORT_FLAGS = {"out": "-o"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Flags:
+    """How a config parameter of a job appears on the command line (use as `Annotated[Config, Flags(...)]`).
+
+    Attributes:
+        only: Expose just these fields (the others keep their dataclass defaults).
+        rename: Field -> flag/recipe name, e.g. {"model": "teacher"}.
+        aliases: Field -> deprecated names also accepted as flags and recipe keys.
+        optional: Build the config only when one of its fields is given (flag or recipe), else pass None.
+    """
+
+    only: tuple[str, ...] | None = None
+    rename: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    aliases: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+    optional: bool = False
+
+
+@dataclasses.dataclass
+class Option:
+    """One flag and recipe key: a config field, or a plain job argument (field None)."""
+
+    name: str
+    param: str
+    field: str | None
+    annotation: Any
+    default: Any
+    doc: str
+    aliases: tuple[str, ...] = ()
+
+    @property
+    def required(self) -> bool:
+        return self.default is dataclasses.MISSING
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+@dataclasses.dataclass
+class Param:
+    """One parameter of a job: a config (with its options) or a plain argument (one option)."""
+
+    name: str
+    config: type[BaseConfig] | None
+    flags: Flags
+    options: list[Option]
+    title: str
 
 
 def field_docs(cls: type) -> dict[str, str]:
@@ -30,6 +91,71 @@ def field_docs(cls: type) -> dict[str, str]:
     return docs
 
 
+def arg_docs(fn: Callable) -> dict[str, str]:
+    """The Google-style `Args:` entries of `fn`'s docstring, by argument name, each on one line."""
+    doc = inspect.getdoc(fn) or ""
+    match = re.search(r"^Args:\n((?:[ \t]+.*\n?|\n)+)", doc, flags=re.M)
+    docs: dict[str, str] = {}
+    name = None
+    for line in (match.group(1) if match else "").splitlines():
+        entry = re.match(r"^ {4}(\w+)(?: \([^)]*\))?: ?(.*)$", line)
+        if entry:
+            name, docs[entry.group(1)] = entry.group(1), entry.group(2)
+        elif name and line.strip():
+            docs[name] += " " + line.strip()
+    return docs
+
+
+def _union_args(annotation: Any) -> tuple[Any, ...]:
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        return tuple(a for a in typing.get_args(annotation) if a is not type(None))
+    return (annotation,)
+
+
+def _config_class(annotation: Any) -> type[BaseConfig] | None:
+    found = [a for a in _union_args(annotation) if isinstance(a, type) and issubclass(a, BaseConfig)]
+    return found[0] if found else None
+
+
+def _first_line(text: str | None) -> str:
+    return (text or "").strip().split("\n")[0].rstrip(".")
+
+
+@functools.cache
+def job_params(fn: Callable) -> tuple[Param, ...]:
+    """The parameters of `fn` as configs and plain options, with names, defaults and docs (cached: the sources
+    of the config classes are parsed once)."""
+    hints = typing.get_type_hints(fn, include_extras=True)
+    docs = arg_docs(fn)
+    params = []
+    for name, p in inspect.signature(fn).parameters.items():
+        annotation, flags = hints[name], Flags()
+        if typing.get_origin(annotation) is typing.Annotated:
+            annotation, *extras = typing.get_args(annotation)
+            flags = next((e for e in extras if isinstance(e, Flags)), flags)
+        cls = _config_class(annotation)
+        if cls is None:
+            default = dataclasses.MISSING if p.default is inspect.Parameter.empty else p.default
+            option = Option(name, name, None, annotation, default, docs.get(name, ""))
+            params.append(Param(name, None, flags, [option], ""))
+            continue
+        fdocs, fhints = field_docs(cls), typing.get_type_hints(cls)
+        options = []
+        for f in dataclasses.fields(cls):
+            if flags.only is not None and f.name not in flags.only:
+                continue
+            default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+            options.append(Option(flags.rename.get(f.name, f.name), name, f.name, fhints[f.name], default,
+                                  fdocs.get(f.name, ""), tuple(flags.aliases.get(f.name, ()))))
+        title = (docs.get(name) or _first_line(cls.__doc__) or cls.__name__).rstrip(".")
+        params.append(Param(name, cls, flags, options, title))
+    names = [o.name for p in params for o in p.options]
+    clash = sorted({n for n in names if names.count(n) > 1})
+    if clash:  # a programming error in a job signature, caught by the CLI tests
+        raise TypeError(f"{fn.__name__}: option name(s) {clash} come from two parameters; rename with Flags")
+    return tuple(params)
+
+
 def _parse_value(text: str) -> Any:
     """CLI text -> int/float/None/JSON list, else the string itself."""
     if text.lower() in ("none", "null"):
@@ -40,51 +166,116 @@ def _parse_value(text: str) -> Any:
         return text
 
 
-def _kind(annotation: Any) -> tuple[type | None, bool]:
-    """(scalar type to convert with, is_bool) of a field annotation; None means parse generically."""
-    hints = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
-    hints = tuple(h for h in hints if h is not type(None))
+def _argparse_kwargs(annotation: Any) -> dict[str, Any]:
+    """type/nargs/action for a field or argument annotation."""
+    hints = _union_args(annotation)
+    origin = typing.get_origin(hints[0]) if len(hints) == 1 else None
     if hints == (bool,):
-        return None, True
+        return {"action": argparse.BooleanOptionalAction}
     if len(hints) == 1 and hints[0] in (int, float, str):
-        return hints[0], False
-    return None, False
+        return {"type": hints[0]}
+    if set(hints) <= {str, PurePath, Path}:  # an output directory named 123 stays a name
+        return {"type": str}
+    if origin is dict:
+        return {"nargs": "+", "metavar": "KEY=VALUE"}
+    if origin is list:
+        (item,) = typing.get_args(hints[0]) or (str,)
+        if item in (int, float, str):  # timm's habit: --scale 0.08 1.0
+            return {"type": item, "nargs": "+"}
+    if origin is typing.Literal:
+        return {"choices": list(typing.get_args(hints[0]))}
+    return {"type": _parse_value}  # nested lists and unions, e.g. --groups [[0,1],[2,3]]
 
 
-def add_config_args(parser: argparse.ArgumentParser, cls: type[BaseConfig], title: str) -> None:
-    group = parser.add_argument_group(title)
-    docs = field_docs(cls)
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        flag = "--" + f.name.replace("_", "-")
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        help_text = f"{docs.get(f.name, '')} (default: {default})"
-        convert, is_bool = _kind(hints[f.name])
-        if is_bool:
-            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+def _help(option: Option) -> str:
+    default = "required" if option.required else f"default: {option.default}"
+    alias = f"; deprecated alias: {', '.join('--' + a.replace('_', '-') for a in option.aliases)}" \
+        if option.aliases else ""
+    return f"{option.doc} ({default}{alias})".replace("%", "%%").strip()
+
+
+def add_job_args(parser: argparse.ArgumentParser, fn: Callable, recipe: bool = True) -> None:
+    """Add one flag per option of `fn` (plain arguments first, then one group per config), and --config if
+    `recipe`."""
+    params = job_params(fn)
+    for param in [p for p in params if p.config is None] + [p for p in params if p.config is not None]:
+        group = parser if param.config is None else parser.add_argument_group(param.title)
+        for o in param.options:
+            flags = [f for f in (SHORT_FLAGS.get(o.name), o.flag) if f]
+            flags += ["--" + a.replace("_", "-") for a in o.aliases]
+            kwargs = _argparse_kwargs(o.annotation)
+            if o.name.startswith("no_") and kwargs.get("action"):  # --no-kd, not --no-kd/--no-no-kd
+                kwargs["action"] = "store_const"
+                kwargs["const"] = True
+            if "action" not in kwargs and "metavar" not in kwargs and "choices" not in kwargs:
+                kwargs["metavar"] = o.name.upper()
+            group.add_argument(*flags, dest=o.name, default=None, help=_help(o), **kwargs)
+    if recipe:
+        parser.add_argument("--config", help="YAML recipe: a file, or a shipped name such as digits-teacher; "
+                                             "flags override its values")
+
+
+def recipe_keys(fn: Callable) -> dict[str, str]:
+    """Every key a recipe for `fn` may hold (aliases included) -> the option name it sets."""
+    keys = {}
+    for param in job_params(fn):
+        for o in param.options:
+            keys[o.name] = o.name
+            keys.update({a: o.name for a in o.aliases})
+    return keys
+
+
+def given_args(fn: Callable, args: argparse.Namespace) -> dict[str, Any]:
+    """The options of `fn` that were given on the command line (argparse leaves the others None)."""
+    return {o.name: getattr(args, o.name) for p in job_params(fn) for o in p.options
+            if getattr(args, o.name, None) is not None}
+
+
+def job_kwargs(fn: Callable, recipe: Mapping[str, Any] | None = None, given: Mapping[str, Any] | None = None,
+               where: str = "recipe") -> dict[str, Any]:
+    """The keyword arguments of `fn`: `given` (flags) over `recipe` over the dataclass/signature defaults.
+
+    Raises:
+        VitCompressError: The recipe has a key `fn` does not take, a required option is missing, or a config
+            rejects its values; all before anything is written.
+    """
+    keys = recipe_keys(fn)
+    unknown = sorted(set(recipe or {}) - set(keys))
+    if unknown:
+        valid = ", ".join(sorted(k for k, v in keys.items() if k == v))
+        raise VitCompressError(f"{where} has unknown key(s) {', '.join(unknown)}; valid keys: {valid}")
+    values = {keys[k]: v for k, v in (recipe or {}).items()}
+    values.update(given or {})
+    kwargs = {}
+    for param in job_params(fn):
+        found = {o.field or o.name: _convert(o, values[o.name]) for o in param.options if o.name in values}
+        if param.config is not None and param.flags.optional and not found:
+            kwargs[param.name] = None  # an optional config none of whose options is given
+            continue
+        for o in param.options:
+            if o.required and o.name not in values:
+                raise VitCompressError(f"missing {o.flag}; pass {o.flag} <{o.name}> (or `{o.name}:` in a recipe)")
+        if param.config is None:
+            if found:
+                kwargs[param.name] = found[param.name]
         else:
-            nargs = "+" if typing.get_origin(hints[f.name]) is list and f.name == "relations" else None
-            group.add_argument(flag, dest=f.name, type=convert or _parse_value, nargs=nargs, default=None,
-                               help=help_text, metavar=f.name.upper())
+            kwargs[param.name] = param.config.from_dict(found)
+    return kwargs
 
 
-def config_from_args(cls: type[BaseConfig], args: argparse.Namespace, base: dict | None = None) -> BaseConfig:
-    """Build `cls` from the parsed args that were given, on top of `base` (e.g. a YAML recipe)."""
-    values = dict(base or {})
-    for f in dataclasses.fields(cls):
-        value = getattr(args, f.name, None)
-        if value is not None:
-            values[f.name] = value
-    known = {f.name for f in dataclasses.fields(cls)}
-    return cls.from_dict({k: v for k, v in values.items() if k in known})
+def _convert(option: Option, value: Any) -> Any:
+    """Command-line forms that a config does not take as they are: KEY=VALUE lists become a mapping."""
+    if typing.get_origin(_union_args(option.annotation)[0]) is dict and isinstance(value, list):
+        from vitcompress.models.resolve import parse_model_args
+
+        return parse_model_args(value)
+    return value
 
 
 def load_recipe(ref: str | None) -> dict[str, Any]:
     """A YAML recipe: a file path, or the name of one shipped in `vitcompress/recipes/`."""
     if ref is None:
         return {}
-    from pathlib import Path
-
     import yaml
 
     path = Path(ref)

@@ -6,12 +6,14 @@ import timm
 import torch
 
 import vitcompress as vc
-from vitcompress.cli_args import load_recipe
-from vitcompress.jobs.demo import _split
-from vitcompress.multiplexing import MultiplexConfig
-from vitcompress.multiplexing.distill_config import DistillConfig
-from vitcompress.slim import SlimConfig, SparsityConfig
-from vitcompress.train import TrainConfig
+from vitcompress.cli import job_of
+from vitcompress.cli_args import job_kwargs, load_recipe
+
+
+def _kwargs(command: str, recipe: str) -> dict:
+    """The job arguments a shipped recipe gives its command, validated as strictly as `--config` is."""
+    return job_kwargs(job_of(command), load_recipe(recipe), {"out": "o", **({} if command == "train" else
+                                                                         {"model": "m", "teacher": "t"})})
 
 
 def _teacher() -> torch.nn.Module:
@@ -21,9 +23,9 @@ def _teacher() -> torch.nn.Module:
 
 
 def test_swin_recipes_validate():
-    _split(load_recipe("digits-swin-teacher"), TrainConfig)
-    _split(load_recipe("digits-swin-multiplex"), MultiplexConfig, DistillConfig, TrainConfig)
-    _split(load_recipe("digits-swin-slim"), SlimConfig, SparsityConfig, TrainConfig)
+    assert _kwargs("train", "digits-swin-teacher")["model"].model_args["window_size"] == 4
+    assert _kwargs("multiplex", "digits-swin-multiplex")["config"].share == "stage"
+    assert _kwargs("slim search", "digits-swin-slim")["kd"].alpha == 0.5
 
 
 def test_swin_teacher_recipe_builds_for_digits():
@@ -35,7 +37,7 @@ def test_swin_teacher_recipe_builds_for_digits():
 
 def test_swin_multiplex_recipe_fits_the_teacher():
     """share=stage on the teacher: one owner per stage; a fresh student equals plain sharing of the first blocks."""
-    (config,) = _split(load_recipe("digits-swin-multiplex"), MultiplexConfig)
+    config = _kwargs("multiplex", "digits-swin-multiplex")["config"]
     teacher = _teacher()
     student = vc.multiplex(teacher, config)
     assert student.vitcompress_spec["steps"][0]["groups"] == [[0, 1], [2, 3], [4, 5, 6, 7], [8, 9]]
@@ -45,7 +47,7 @@ def test_swin_multiplex_recipe_fits_the_teacher():
 
 
 def test_swin_slim_recipe_fits_the_teacher():
-    slim, _ = _split(load_recipe("digits-swin-slim"), SlimConfig, SparsityConfig)
+    slim = _kwargs("slim search", "digits-swin-slim")["slim"]
     assert not slim.tokens  # Swin is searched without token masks
     teacher = _teacher()
     x = torch.randn(2, 3, 16, 16)

@@ -130,3 +130,18 @@ def test_import_stays_lean() -> None:
     code = "import sys, vitcompress.data; print([m for m in ('sklearn', 'datasets') if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_loader_settings_from_data_config() -> None:
+    from vitcompress.data import DataConfig, EpochSampler, SeededDataset
+
+    cfg = DataConfig("digits", batch_size=32, workers=2, pin_mem=False, persistent_workers=False, prefetch_factor=3)
+    train, val, _ = build_loaders(cfg, input_size=(1, 8, 8))
+    for loader in (train, val):
+        assert (loader.batch_size, loader.num_workers, loader.pin_memory) == (32, 2, False)
+        assert not loader.persistent_workers and loader.prefetch_factor == 3
+    assert isinstance(train.sampler, EpochSampler) and isinstance(train.dataset, SeededDataset)
+    # Without workers torch refuses persistent workers and a prefetch factor, so they are not passed.
+    train, _, _ = build_loaders(DataConfig("digits", prefetch_factor=3), input_size=(1, 8, 8))
+    assert train.num_workers == 0 and train.prefetch_factor is None and not train.persistent_workers
+    assert train.pin_memory == torch.cuda.is_available()  # pin_mem=None: pin when CUDA is there

@@ -1,4 +1,4 @@
-"""`distributed=True` in a one-process gloo group: DistributedSampler on both splits, set_epoch reshuffles."""
+"""`distributed=True` in a one-process gloo group: EpochSampler on train, DistributedSampler on val."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DistributedSampler
 
-from vitcompress.data import build_loaders
+from vitcompress.data import AugmentConfig, EpochSampler, build_loaders
 
 
 def free_port() -> int:
@@ -36,14 +36,29 @@ def targets(loader: torch.utils.data.DataLoader) -> list[int]:
 
 def test_distributed_samplers(process_group: None) -> None:
     train, val, info = build_loaders("digits", input_size=(1, 8, 8), batch_size=256, distributed=True, seed=3)
-    assert isinstance(train.sampler, DistributedSampler) and isinstance(val.sampler, DistributedSampler)
-    assert train.sampler.shuffle and not val.sampler.shuffle and train.sampler.seed == 3
+    assert isinstance(train.sampler, EpochSampler) and isinstance(val.sampler, DistributedSampler)
+    assert not val.sampler.shuffle and train.sampler.seed == 3
+    assert (train.sampler.num_replicas, train.sampler.rank) == (1, 0)
     assert len(train.sampler) == info.train_size and len(val.sampler) == info.val_size
 
     train.sampler.set_epoch(0)
     epoch0 = list(train.sampler)
     assert list(train.sampler) == epoch0  # same epoch, same order
     train.sampler.set_epoch(1)
-    assert list(train.sampler) != epoch0 and sorted(train.sampler) == sorted(epoch0)
+    epoch1 = list(train.sampler)
+    assert epoch1 != epoch0 and sorted(i for i, _ in epoch1) == sorted(i for i, _ in epoch0)
     assert list(val.sampler) == list(range(info.val_size))
     assert targets(val) == [int(t) for t in val.dataset.targets]
+
+
+def test_repeated_augmentation_under_ddp(process_group: None) -> None:
+    aug = AugmentConfig(aug_repeats=3)
+    train, _, info = build_loaders("digits", input_size=(1, 8, 8), batch_size=64, distributed=True, aug=aug)
+    assert train.sampler.repeats == 3
+    indices = [index for index, _ in train.sampler]
+    # timm's RepeatAugSampler: each image three times in a row, the epoch kept at (about) one pass's length.
+    assert len(indices) == info.train_size // 256 * 256
+    whole = indices[: len(indices) // 3 * 3]
+    assert whole[0::3] == whole[1::3] == whole[2::3]
+    x, _ = next(iter(train))
+    assert not torch.equal(x[0], x[1])  # the copies are augmented differently

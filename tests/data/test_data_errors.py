@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from vitcompress.data import build_loaders
+from vitcompress.data import AugmentConfig, DataConfig, build_loaders
 from vitcompress.errors import VitCompressError
 
 
@@ -91,3 +92,40 @@ def test_file_instead_of_folder(tmp_path: Path) -> None:
     path.write_bytes(b"")
     with pytest.raises(VitCompressError, match="is not a directory; pass an ImageFolder root"):
         build_loaders(f"folder:{path}", input_size=(3, 16, 16))
+
+
+@pytest.mark.parametrize(
+    ("policy", "reason"),
+    [
+        ("randaugment", "unknown policy 'randaugment'"),
+        ("rand-m9-msd0.5", "unknown section 'msd'"),
+        ("rand-m9-foo", "section 'foo' is not <key><number>"),  # timm would skip it silently
+        ("rand-tbogus", "unknown transform set 'tbogus'"),  # timm would use its default set silently
+        ("rand-m9.5", "section 'm9.5' has a malformed value"),
+        ("augmix-m5-x2", "unknown section 'x'"),
+        ("original-m3", "unknown section 'm'"),
+        ("rand-m9-", "section '' is not"),
+    ],
+)
+def test_unknown_augmentation_policy(policy: str, reason: str) -> None:
+    forms = r"use rand-m<magnitude>.*augmix-m<severity>.*original, originalr, v0, v0r, 3a"
+    match = rf"aa='{re.escape(policy)}' is not a timm .*{re.escape(reason)}.*{forms}"
+    with pytest.raises(VitCompressError, match=match):
+        AugmentConfig(aa=policy)
+
+
+def test_policy_is_checked_before_any_data_is_touched() -> None:
+    aug = AugmentConfig()
+    aug.aa = "rand-m9-mstd0.5-inx1"  # set after construction, so only build_loaders can catch it
+    with pytest.raises(VitCompressError, match="unknown section 'inx'") as err:
+        build_loaders("/no/such/dataset", input_size=(3, 16, 16), aug=aug)
+    assert "\n" not in str(err.value)
+
+
+def test_data_config_and_explicit_arguments() -> None:
+    train, val, _ = build_loaders(DataConfig("digits", batch_size=32), input_size=(1, 8, 8))
+    assert train.batch_size == val.batch_size == 32
+    train, _, _ = build_loaders(DataConfig("digits", batch_size=32), input_size=(1, 8, 8), batch_size=16)
+    assert train.batch_size == 16  # an explicit argument overrides the config's field
+    with pytest.raises(VitCompressError, match="batch_size must be >= 1"):
+        build_loaders(DataConfig("digits"), input_size=(1, 8, 8), batch_size=0)

@@ -104,3 +104,21 @@ def test_two_ranks_return_global_metrics(tmp_path) -> None:
     mp.spawn(_rank_evaluates_its_half, args=(str(tmp_path / "store"), results), nprocs=2)
     expected = evaluate(Logits(), loader())
     assert results[0] == results[1] == pytest.approx(expected)
+
+
+def test_fit_scores_with_this_evaluator_and_refuses_an_empty_val_loader_alike() -> None:
+    from vitcompress.train import CrossEntropyObjective, TrainConfig, fit, loop
+
+    assert loop._default_evaluate is evaluate  # one evaluator: the jobs' numbers and fit's are the same numbers
+    model = nn.Linear(6, 6)
+    train = DataLoader(TensorDataset(LOGITS, TARGET), batch_size=3)
+    empty = DataLoader(TensorDataset(LOGITS[:0], TARGET[:0]), batch_size=3)
+    cfg = TrainConfig(epochs=1, warmup_epochs=0)
+    with pytest.raises(VitCompressError, match="no samples"):
+        fit(model, train, empty, CrossEntropyObjective(), cfg, out_dir=None, progress=False)
+    with pytest.raises(VitCompressError, match="no samples"):
+        evaluate(model, empty)
+
+
+def test_device_defaults_to_the_models() -> None:
+    assert evaluate(Logits(), loader(), device=None) == evaluate(Logits(), loader(), device="cpu")

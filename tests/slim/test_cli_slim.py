@@ -98,15 +98,20 @@ def test_extract_needs_a_search_dir(search_dir, tmp_path, capsys):
 
 
 def test_slim_recipe_validates():
-    from vitcompress.cli_args import load_recipe
-    from vitcompress.jobs.demo import _split
-    from vitcompress.slim.config import SlimConfig, SparsityConfig
-    from vitcompress.train import TrainConfig
+    from vitcompress.cli_args import job_kwargs, load_recipe
+    from vitcompress.jobs.slim import search_job
 
-    recipe = load_recipe("digits-slim")
-    _split(recipe, SlimConfig, SparsityConfig, TrainConfig)
-    assert set(recipe) <= {"attn", "mlp", "tokens", "token_init", "attn_weight", "mlp_weight", "tokens_weight",
-                           "macs_weighted", "mask_lr", "kd_alpha", "temperature", "curve_points", "data",
-                           "batch_size", "workers", "model", "model_args", "epochs", "lr", "min_lr",
-                           "weight_decay", "warmup_epochs", "clip_grad", "amp", "ema_decay", "seed", "log_every",
-                           "eval_every"}
+    kwargs = job_kwargs(search_job, load_recipe("digits-slim"), {"model": "m", "out": "o"})
+    assert kwargs["sparsity"].l1_attn == 2e-4 and kwargs["kd"].alpha == 0.5 and kwargs["slim"].tokens
+
+
+def test_version_1_sparsity_names_still_load():
+    """Old recipes (attn_weight, kd_alpha) and saved extras (SparsityConfig version 1) keep working."""
+    from vitcompress.cli_args import job_kwargs
+    from vitcompress.jobs.slim import search_job
+
+    kwargs = job_kwargs(search_job, {"attn_weight": 1e-3, "tokens_weight": 0.0, "kd_alpha": 0.3},
+                        {"model": "m", "out": "o"})
+    assert kwargs["sparsity"].l1_attn == 1e-3 and kwargs["sparsity"].l1_tokens == 0.0 and kwargs["kd"].alpha == 0.3
+    old = vc.SparsityConfig.from_dict({"attn_weight": 1e-3, "mlp_weight": 2e-5, "version": 1})
+    assert (old.l1_attn, old.l1_mlp) == (1e-3, 2e-5) and old.to_dict()["version"] == 2

@@ -16,7 +16,7 @@ from vitcompress.train import TrainConfig, fit
 
 def test_loss_is_the_weighted_l1_of_each_type(make_vit, randomize):
     masked = randomize(vc.attach_masks(make_vit("vit"), vc.SlimConfig(tokens=True)))
-    cfg = vc.SparsityConfig(attn_weight=2e-4, mlp_weight=5e-5, tokens_weight=1e-4)
+    cfg = vc.SparsityConfig(l1_attn=2e-4, l1_mlp=5e-5, l1_tokens=1e-4)
     loss, parts = sparsity_loss(masked, element_weights(masked, cfg))
     attn = sum(b.attn.dim_mask.abs().sum() for b in masked.blocks)
     mlp = sum(b.mlp.hidden_mask.abs().sum() for b in masked.blocks)
@@ -32,7 +32,7 @@ def test_macs_weighting_keeps_the_type_mean_and_follows_macs(make_vit):
     weights = element_weights(masked, cfg)
     # A group of 3 layers controls 3x the MACs of a single layer; the mean weight stays the paper's.
     assert weights["attn"][0] == pytest.approx(3 * weights["attn"][1])
-    assert sum(weights["attn"]) / 2 == pytest.approx(cfg.attn_weight)
+    assert sum(weights["attn"]) / 2 == pytest.approx(cfg.l1_attn)
     # Dropping a token early removes it from every later layer: early token masks weigh more.
     assert weights["tokens"] == sorted(weights["tokens"], reverse=True)
     macs = element_macs(structure_of(masked))["tokens"]
@@ -44,7 +44,7 @@ def test_search_steps_train_masks_and_weights(make_vit, images):
     gen = torch.Generator().manual_seed(0)
     data = TensorDataset(torch.randn(32, 3, 32, 32, generator=gen), torch.randint(0, 10, (32,), generator=gen))
     loader = DataLoader(data, batch_size=8)
-    sparsity = vc.SparsityConfig(attn_weight=1e-2, mlp_weight=1e-2, tokens_weight=1e-2, mask_lr=5e-2)
+    sparsity = vc.SparsityConfig(l1_attn=1e-2, l1_mlp=1e-2, l1_tokens=1e-2, mask_lr=5e-2)
     train = TrainConfig(epochs=2, lr=1e-3, warmup_epochs=0, log_every=1)
     before = {n: p.detach().clone() for n, p in masked.named_parameters()}
     objective = vc.SlimObjective(masked, config=sparsity)
@@ -64,5 +64,5 @@ def test_objective_needs_a_masked_model(make_vit):
         vc.SlimObjective(make_vit("vit"))
     with pytest.raises(vc.VitCompressError, match="mask_lr"):
         vc.SparsityConfig(mask_lr=0)
-    with pytest.raises(vc.VitCompressError, match="attn_weight"):
-        vc.SparsityConfig(attn_weight=-1)
+    with pytest.raises(vc.VitCompressError, match="l1_attn"):
+        vc.SparsityConfig(l1_attn=-1)

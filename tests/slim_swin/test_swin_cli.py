@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 import vitcompress as vc
-import vitcompress.jobs.slim as slim_job
+import vitcompress.jobs.common as common
 from vitcompress.cli import main
 
 SWIN = ["--model", "swin_tiny_patch4_window7_224", "--model-args", "img_size=32", "window_size=4", "embed_dim=16",
@@ -20,19 +20,19 @@ FAST = ["--epochs", "1", "--warmup-epochs", "0", "--batch-size", "16", "--no-pro
 @pytest.fixture
 def few_digits(monkeypatch):
     """16 training and 16 validation digits instead of the whole set: this tests the wiring, not the learning."""
-    real = slim_job.loaders_for
+    real = common.loaders_for
 
     def loaders_for(*args, **kwargs):
         train, val, info = real(*args, **kwargs)
         small = [DataLoader(Subset(loader.dataset, range(16)), batch_size=16) for loader in (train, val)]
         return small[0], small[1], info
 
-    monkeypatch.setattr(slim_job, "loaders_for", loaders_for)
+    monkeypatch.setattr(common, "loaders_for", loaders_for)
 
 
 def test_search_extract_finetune_a_swin(tmp_path, few_digits, capsys):
     search, small, tuned = tmp_path / "search", tmp_path / "x60", tmp_path / "tuned"
-    args = ["slim", "search", *SWIN, "--kd-alpha", "0.5", "--mask-lr", "0.01", "--curve-points", "5",
+    args = ["slim", "search", *SWIN, "--alpha", "0.5", "--mask-lr", "0.01", "--curve-points", "5",
             "-o", str(search), *FAST]
     assert main(args) == 0
     masked = vc.load(search)

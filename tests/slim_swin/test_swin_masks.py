@@ -46,7 +46,7 @@ def test_masks_change_the_function_and_train():
 
 def test_sparsity_loss_and_macs_weighting():
     masked = randomize_masks(vc.attach_masks(build_swin("w4_64")))
-    cfg = vc.SparsityConfig(attn_weight=2e-4, mlp_weight=5e-5)
+    cfg = vc.SparsityConfig(l1_attn=2e-4, l1_mlp=5e-5)
     loss, parts = sparsity_loss(masked, element_weights(masked, cfg))
     blocks = transformer_layers(masked)
     attn = sum(b.attn.dim_mask.abs().sum() for b in blocks)
@@ -58,7 +58,7 @@ def test_sparsity_loss_and_macs_weighting():
     assert weighted["attn"][0] > weighted["attn"][2]
     sizes = [b.attn.dim_mask.numel() for b in blocks]
     mean = sum(w * n for w, n in zip(weighted["attn"], sizes, strict=True)) / sum(sizes)
-    assert mean == pytest.approx(cfg.attn_weight)
+    assert mean == pytest.approx(cfg.l1_attn)
 
 
 def test_token_masks_are_refused_clearly():

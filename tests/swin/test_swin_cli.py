@@ -10,21 +10,20 @@ from torch.utils.data import DataLoader, Subset
 
 import vitcompress as vc
 import vitcompress.jobs.common as common
-import vitcompress.jobs.multiplex as multiplex_job
 from vitcompress.cli import run
 
 
 @pytest.fixture
 def few_digits(monkeypatch):
     """One small training step instead of an epoch of digits, and no latency timing: this tests the wiring."""
-    real = multiplex_job.loaders_for
+    real = common.loaders_for
 
     def loaders_for(*args, **kwargs):
         train, val, info = real(*args, **kwargs)
         small = [DataLoader(Subset(loader.dataset, range(n)), batch_size=16) for loader, n in ((train, 16), (val, 16))]
         return small[0], small[1], info
 
-    monkeypatch.setattr(multiplex_job, "loaders_for", loaders_for)
+    monkeypatch.setattr(common, "loaders_for", loaders_for)
     monkeypatch.setattr(common, "measure_latency", lambda *a, **k: type("L", (), {"median_ms": 0.0})())
 
 

@@ -7,6 +7,7 @@ from train_toys import tiny_vit, toy_loader
 
 from vitcompress.errors import VitCompressError
 from vitcompress.train import CrossEntropyObjective, TrainConfig, fit, load_checkpoint, save_checkpoint
+from vitcompress.train.checkpoint import resolve_checkpoint
 
 CFG = TrainConfig(epochs=3, lr=2e-3, min_lr=1e-4, warmup_epochs=0.5, log_every=1, ema_decay=0.8, seed=7)
 
@@ -84,7 +85,7 @@ def test_resume_from_an_explicit_path_and_a_finished_run(tmp_path):
 def test_train_state_loads_without_unpickling_code(tmp_path):
     loader = toy_loader(n=16)
     fit(tiny_vit(), loader, None, CrossEntropyObjective(), TrainConfig(epochs=1), tmp_path, progress=False)
-    state = torch.load(tmp_path / "checkpoint" / "train_state.pt", weights_only=True)
+    state = torch.load(resolve_checkpoint(tmp_path / "checkpoint") / "train_state.pt", weights_only=True)
     assert {"optimizer", "scheduler", "scaler", "history"} <= state.keys()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint", "metrics.csv", "metrics.jsonl"]
 
@@ -101,7 +102,7 @@ def test_train_state_loads_without_unpickling_code(tmp_path):
 def test_damaged_checkpoint_is_a_clear_error(tmp_path, damage, match):
     loader = toy_loader(n=16)
     fit(tiny_vit(), loader, None, CrossEntropyObjective(), TrainConfig(epochs=2), tmp_path, progress=False)
-    damage(tmp_path / "checkpoint")
+    damage(resolve_checkpoint(tmp_path / "checkpoint"))
     with pytest.raises(VitCompressError, match=match):
         fit(
             tiny_vit(),

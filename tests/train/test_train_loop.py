@@ -31,15 +31,15 @@ def test_metrics_files_have_the_expected_keys(tmp_path):
     steps = [r for r in records if r["kind"] == "step"]
     epochs = [r for r in records if r["kind"] == "epoch"]
     assert [r["step"] for r in steps] == list(range(1, 5))
-    assert {"epoch", "step", "lr", "loss", "ce", "grad_norm"} <= steps[0].keys()
-    assert {"epoch", "step", "lr", "loss", "ce", "epoch_time_s"} <= epochs[0].keys()
+    assert {"epoch", "step", "lr", "loss", "ce", "grad_norm", "img_s"} <= steps[0].keys()
+    assert {"epoch", "step", "lr", "loss", "ce", "epoch_time_s", "img_s"} <= epochs[0].keys()
     assert "val_top1" not in epochs[0]  # eval_every=2: only the second (and last) epoch is evaluated
     assert {"val_top1", "val_top5", "val_loss", "val_n"} <= epochs[1].keys()
     assert epochs == history.records
     with open(tmp_path / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 2 and rows[0]["val_top1"] == "" and float(rows[1]["val_top1"]) >= 0
-    assert (tmp_path / "checkpoint" / "model.safetensors").is_file()
+    assert (tmp_path / "checkpoint" / "step-00000004" / "model.safetensors").is_file()
 
 
 def test_bf16_autocast_runs_on_cpu():

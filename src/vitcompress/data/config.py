@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 
 from vitcompress.config import BaseConfig
+from vitcompress.data.policy import check_aa_policy
 from vitcompress.errors import VitCompressError
 
 MIXUP_MODES = ("batch", "pair", "elem")
@@ -79,7 +80,8 @@ class AugmentConfig(BaseConfig):
     """Repeated augmentation: each image appears this many times per epoch, on different ranks (timm's
     RepeatAugSampler; DeiT: 3); 0 turns it off."""
     color_jitter: float | None = None
-    """Colour-jitter strength; None: timm's default (0.4) on image folders, none on digits."""
+    """Colour-jitter strength (brightness, contrast and saturation); None: timm's default (0.4) on image folders,
+    none on digits; 0 turns it off. As in timm and DeiT, an aa policy other than 3a turns it off."""
     scale: list[float] | None = None
     """Random-resized-crop area range [min, max]; None: timm's [0.08, 1.0] on image folders."""
     ratio: list[float] | None = None
@@ -95,6 +97,7 @@ class AugmentConfig(BaseConfig):
     None keeps the model's own."""
 
     def validate(self) -> None:
+        check_aa_policy(self.aa)
         for name in ("reprob", "mixup_prob", "mixup_switch_prob", "smoothing"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:

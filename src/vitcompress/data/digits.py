@@ -2,18 +2,29 @@
 
 It ships with scikit-learn, so examples, tests and benchmarks run offline. The split is fixed (stratified
 80/20 with an internal seed) so every run and benchmark scores the same 360 val images, whatever `seed`.
+
+Augmentation: by default a light random affine jitter, batched on tensors. Options of `AugmentConfig` that
+the digits do not turn on by themselves are honoured with timm's own transforms when asked: `aa`,
+`color_jitter`, `hflip` > 0, `scale`/`ratio` (timm's random resized crop, which then replaces the affine
+jitter) run per image on PIL images, between the jitter and the normalisation; random erasing (`reprob`,
+`remode`, `recount`) runs on the normalised batch, as it does in timm. Every draw is from the global
+generators (torch, `random`, NumPy), which the train loader's `SeededDataset` seeds per batch.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset, get_worker_info
+from PIL import Image
+from torch.utils.data import Dataset
 
+from vitcompress.data import augment
+from vitcompress.data.config import AugmentConfig
 from vitcompress.data.info import DataInfo
 from vitcompress.data.spec import resolve_norm
 
@@ -37,7 +48,7 @@ class DigitsAugment:
     max_rotate_deg: float = 10.0
     """Largest rotation; small enough that a 6 never becomes a 9."""
 
-    def theta(self, n: int, generator: torch.Generator | None) -> torch.Tensor:
+    def theta(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """`n` random `(2, 3)` affine matrices for `F.affine_grid` (they map output to input coordinates)."""
         u = torch.rand(n, 4, generator=generator) * 2 - 1  # uniform in [-1, 1)
         angle = math.radians(self.max_rotate_deg) * u[:, 0]
@@ -62,7 +73,9 @@ class DigitsDataset(Dataset):
         mean: Per-channel mean, `channels` values.
         std: Per-channel std, `channels` values.
         augment: Random jitter applied before normalisation, or None for evaluation.
-        seed: Seeds the jitter when loading in the main process.
+        per_image: A transform from an H×W PIL image (mode L for 1 channel, RGB for 3) to a `(C, H, W)`
+            tensor in [0, 1], applied after the jitter; None to stay on batched tensors.
+        erase: Applied to the normalised `(B, C, H, W)` batch (timm's `RandomErasing`), or None.
     """
 
     def __init__(
@@ -73,7 +86,8 @@ class DigitsDataset(Dataset):
         mean: tuple[float, ...],
         std: tuple[float, ...],
         augment: DigitsAugment | None = None,
-        seed: int = 0,
+        per_image: Callable[[Image.Image], torch.Tensor] | None = None,
+        erase: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         self.images = images
         self.targets = targets
@@ -81,7 +95,8 @@ class DigitsDataset(Dataset):
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
         self.augment = augment
-        self.generator = torch.Generator().manual_seed(seed)
+        self.per_image = per_image
+        self.erase = erase
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -95,17 +110,63 @@ class DigitsDataset(Dataset):
         images = self.images[index]
         if self.augment is not None:
             images = self._jitter(images)
+        if self.per_image is not None:
+            images = torch.stack([self.per_image(self._to_pil(image)) for image in images])
         # Jitter before normalising: zero padding is then the digits' own background, not the mean.
         images = (images.expand(-1, self.channels, -1, -1) - self.mean) / self.std
+        if self.erase is not None:
+            images = self.erase(images)
         return list(zip(images, self.targets[index], strict=True))
 
     def _jitter(self, images: torch.Tensor) -> torch.Tensor:
-        # Inside a DataLoader worker, torch has seeded the global generator from the loader's generator and
-        # the worker id; our own generator would be copied into every worker and repeat one jitter in each.
-        generator = self.generator if get_worker_info() is None else None
-        theta = self.augment.theta(len(images), generator)
+        # The global generator, never one of our own: the train loader seeds it per batch from the batch's
+        # place in the epoch, so a restarted process draws the same jitter; a generator seeded once per process
+        # would replay epoch 0's jitter after a resume, and be copied into every worker.
+        theta = self.augment.theta(len(images))
         grid = F.affine_grid(theta, list(images.shape), align_corners=False)
         return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+    def _to_pil(self, image: torch.Tensor) -> Image.Image:
+        # timm's auto-augment and colour ops are PIL ops; 8 bits lose nothing of the digits' 17 grey levels
+        # at native size, and at most half a level after the resize.
+        pixels = (image[0] * 255).round_().to(torch.uint8).numpy()
+        pil = Image.fromarray(pixels, mode="L")
+        return pil if self.channels == 1 else pil.convert("RGB")
+
+
+def _asks_per_image(aug: AugmentConfig) -> bool:
+    """Whether `aug` asks for an option that runs on PIL images (the digits' defaults ask for none)."""
+    return bool(aug.aa or aug.color_jitter or aug.hflip or aug.scale or aug.ratio)
+
+
+def digits_transforms(
+    aug: AugmentConfig, input_size: tuple[int, int, int], mean: tuple[float, ...], std: tuple[float, ...]
+) -> tuple[
+    DigitsAugment | None, Callable[[Image.Image], torch.Tensor] | None, Callable[[torch.Tensor], torch.Tensor] | None
+]:
+    """`(jitter, per_image, erase)` for the train split: each None when `aug` does not ask for it.
+
+    The per-image part is timm's training transform for these options, without normalisation (done once per
+    batch) or erasing (done on the batch): its random resized crop only when `scale` or `ratio` is set,
+    and then in place of the affine jitter; flips only when `hflip` > 0 (a mirrored 2 is no 2).
+    """
+    crop = aug.scale is not None or aug.ratio is not None
+    jitter = None if crop else DigitsAugment()
+    per_image = None
+    if _asks_per_image(aug):
+        from timm.data.transforms import MaybeToTensor, RandomResizedCropAndInterpolation
+        from torchvision import transforms
+
+        kwargs = augment.train_kwargs(aug, input_size, mean, std, hflip=0.0, color_jitter=None)
+        primary, secondary, _ = augment.create(**{**kwargs, "re_prob": 0.0}, separate=True)
+        steps = [t for t in primary.transforms if crop or not isinstance(t, RandomResizedCropAndInterpolation)]
+        per_image = transforms.Compose([*steps, *secondary.transforms, MaybeToTensor()])
+    erase = None
+    if aug.reprob > 0:
+        from timm.data.random_erasing import RandomErasing
+
+        erase = RandomErasing(aug.reprob, mode=aug.remode, max_count=aug.recount, device="cpu")
+    return jitter, per_image, erase
 
 
 def load_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -138,7 +199,7 @@ def build_digits(
     mean: tuple[float, ...] | None = None,
     std: tuple[float, ...] | None = None,
     train_augment: bool = True,
-    seed: int = 0,
+    aug: AugmentConfig | None = None,
 ) -> tuple[DigitsDataset, DigitsDataset, DataInfo]:
     """Train and val datasets for the built-in digits, resized to `input_size` once, up front.
 
@@ -146,8 +207,9 @@ def build_digits(
         input_size: `(C, H, W)`, C in {1, 3}; the grey digits are replicated to C channels.
         mean: Per-channel mean (one value or C); defaults to `DIGITS_MEAN`.
         std: Per-channel std (one value or C); defaults to `DIGITS_STD`.
-        train_augment: Apply `DigitsAugment` jitter to the train split.
-        seed: Seeds the jitter (the split itself never depends on it).
+        train_augment: Augment the train split: `DigitsAugment` jitter, plus what `aug` asks for.
+        aug: Augmentation options (see the module docstring); None: the jitter alone. `crop_pct` does not
+            apply: the digits are resized to `input_size` whole, never cropped.
 
     Returns:
         `(train_dataset, val_dataset, info)`.
@@ -157,11 +219,18 @@ def build_digits(
     std_c = resolve_norm(std, DIGITS_STD, channels, "std")
     images, targets, train_idx, val_idx = load_split()
     targets = torch.from_numpy(targets).long()
-    augment = DigitsAugment() if train_augment else None
+    jitter, per_image, erase = (
+        digits_transforms(aug or AugmentConfig(), input_size, mean_c, std_c) if train_augment else (None,) * 3
+    )
     norm = dict(channels=channels, mean=mean_c, std=std_c)
     # Split before resizing: at 224x224 only the resized splits (~360 MB in all) are held, not twice that.
     train = DigitsDataset(
-        _resize(images[train_idx], height, width), targets[train_idx], augment=augment, seed=seed, **norm
+        _resize(images[train_idx], height, width),
+        targets[train_idx],
+        augment=jitter,
+        per_image=per_image,
+        erase=erase,
+        **norm,
     )
     val = DigitsDataset(_resize(images[val_idx], height, width), targets[val_idx], **norm)
     info = DataInfo(

@@ -3,19 +3,12 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
-from typing import Any
 
-import torch
-from timm.data import (
-    IMAGENET_DEFAULT_MEAN,
-    IMAGENET_DEFAULT_STD,
-    create_dataset,
-    create_transform,
-    get_img_extensions,
-)
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_dataset, get_img_extensions
 from torch.utils.data import Dataset
 
+from vitcompress.data.augment import timm_transforms
+from vitcompress.data.config import AugmentConfig
 from vitcompress.data.info import DataInfo
 from vitcompress.data.spec import resolve_norm
 from vitcompress.errors import VitCompressError
@@ -26,15 +19,6 @@ VAL_DIRS = ("val", "validation")
 def image_mode(channels: int) -> str:
     """PIL mode that decodes to `channels` channels."""
     return "L" if channels == 1 else "RGB"
-
-
-def timm_transforms(
-    input_size: tuple[int, int, int], mean: tuple[float, ...], std: tuple[float, ...], train_augment: bool
-) -> tuple[Callable[[Any], torch.Tensor], Callable[[Any], torch.Tensor]]:
-    """timm's standard `(train, eval)` transforms; eval is resize + center crop at timm's default crop_pct."""
-    common = dict(input_size=input_size, mean=mean, std=std, interpolation="bicubic")
-    train = create_transform(is_training=train_augment, **common)
-    return train, create_transform(is_training=False, **common)
 
 
 def _has_image(folder: str, extensions: set[str]) -> bool:
@@ -92,6 +76,7 @@ def build_folder(
     std: tuple[float, ...] | None = None,
     train_augment: bool = True,
     name: str | None = None,
+    aug: AugmentConfig | None = None,
 ) -> tuple[Dataset, Dataset, DataInfo]:
     """Train and val `timm.data.ImageDataset`s with timm's train/eval transforms.
 
@@ -100,8 +85,10 @@ def build_folder(
         input_size: `(C, H, W)`; C=1 decodes images as greyscale.
         mean: Per-channel mean; defaults to ImageNet's (what pretrained timm ViTs expect).
         std: Per-channel std; defaults to ImageNet's.
-        train_augment: timm's training augmentation (random resized crop, flip, colour jitter) on train.
+        train_augment: timm's training augmentation on train; False gives train the eval transform.
         name: Name recorded in `DataInfo`; defaults to `folder:<root>`.
+        aug: Augmentation options for `timm.data.create_transform`; None: timm's standard training
+            transform (random resized crop, flip, colour jitter 0.4, bicubic) and eval crop_pct.
 
     Returns:
         `(train_dataset, val_dataset, info)`.
@@ -110,7 +97,7 @@ def build_folder(
     channels = input_size[0]
     mean_c = resolve_norm(mean, IMAGENET_DEFAULT_MEAN, channels, "mean")
     std_c = resolve_norm(std, IMAGENET_DEFAULT_STD, channels, "std")
-    train_tf, eval_tf = timm_transforms(input_size, mean_c, std_c, train_augment)
+    train_tf, eval_tf = timm_transforms(input_size, mean_c, std_c, train_augment, aug)
     mode = image_mode(channels)
     # search_split=False: the split folders are resolved already, and timm's search falls back to the root.
     train = create_dataset("", root=train_dir, search_split=False, transform=train_tf, input_img_mode=mode)

@@ -14,7 +14,9 @@ import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch.utils.data import Dataset
 
-from vitcompress.data.folder import image_mode, timm_transforms
+from vitcompress.data.augment import timm_transforms
+from vitcompress.data.config import AugmentConfig
+from vitcompress.data.folder import image_mode
 from vitcompress.data.info import DataInfo
 from vitcompress.data.spec import resolve_norm
 from vitcompress.errors import VitCompressError
@@ -113,6 +115,7 @@ def build_hfds(
     mean: tuple[float, ...] | None = None,
     std: tuple[float, ...] | None = None,
     train_augment: bool = True,
+    aug: AugmentConfig | None = None,
 ) -> tuple[Dataset, Dataset, DataInfo]:
     """Train and val datasets from a `save_to_disk` DatasetDict, with timm's train/eval transforms.
 
@@ -122,6 +125,7 @@ def build_hfds(
         mean: Per-channel mean; defaults to ImageNet's.
         std: Per-channel std; defaults to ImageNet's.
         train_augment: timm's training augmentation on the train split.
+        aug: Augmentation options for `timm.data.create_transform`; None: timm's standard transforms.
 
     Returns:
         `(train_dataset, val_dataset, info)`.
@@ -142,7 +146,7 @@ def build_hfds(
     channels = input_size[0]
     mean_c = resolve_norm(mean, IMAGENET_DEFAULT_MEAN, channels, "mean")
     std_c = resolve_norm(std, IMAGENET_DEFAULT_STD, channels, "std")
-    train_tf, eval_tf = timm_transforms(input_size, mean_c, std_c, train_augment)
+    train_tf, eval_tf = timm_transforms(input_size, mean_c, std_c, train_augment, aug)
     mode = image_mode(channels)
     train = HfImageDataset(train_split, image_col, label_col, train_tf, mode)
     val = HfImageDataset(val_split, image_col, label_col, eval_tf, mode)

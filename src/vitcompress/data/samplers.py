@@ -13,13 +13,13 @@ of which shuffle from the epoch number alone, and adds two things the training l
 
 from __future__ import annotations
 
+import contextlib
 import random
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import torch
-from timm.data.distributed_sampler import RepeatAugSampler
 from torch.utils.data import Dataset, DistributedSampler, Sampler
 
 _MASK64 = (1 << 64) - 1
@@ -36,10 +36,30 @@ def mix_seed(*values: int) -> int:
 
 
 def seed_all(seed: int) -> None:
-    """Seed torch, `random` and NumPy's global generators (what timm's transforms and Mixup draw from)."""
-    torch.manual_seed(seed)
+    """Seed torch's CPU generator, `random` and NumPy's global generator (what timm's transforms draw from).
+
+    Only the CPU generator: `torch.manual_seed` would also reseed every CUDA generator, which the training
+    step's dropout and drop-path draw from, and which `preserved_rngs` cannot put back.
+    """
+    torch.default_generator.manual_seed(seed)
     random.seed(seed)
     np.random.seed(seed % 2**32)
+
+
+@contextlib.contextmanager
+def preserved_rngs() -> Iterator[None]:
+    """Put torch's CPU generator, `random` and NumPy's global generator back as they were on exit.
+
+    Loading in the training process (workers=0) seeds them per sample; without this the training step's own
+    draws (drop-path, Mixup) would continue from the last sample's seed, and so differ with the worker count.
+    """
+    states = torch.get_rng_state(), random.getstate(), np.random.get_state()
+    try:
+        yield
+    finally:
+        torch.set_rng_state(states[0])
+        random.setstate(states[1])
+        np.random.set_state(states[2])
 
 
 class EpochSampler(Sampler):
@@ -57,11 +77,12 @@ class EpochSampler(Sampler):
     def __init__(self, dataset: Dataset, num_replicas: int = 1, rank: int = 0, seed: int = 0, repeats: float = 0):
         self.num_replicas, self.rank, self.seed, self.repeats = num_replicas, rank, seed, repeats
         if repeats:
+            from timm.data.distributed_sampler import RepeatAugSampler  # deferred: timm imports all its models
+
             self.base: Sampler = RepeatAugSampler(dataset, num_replicas=num_replicas, rank=rank, num_repeats=repeats)
         else:
             self.base = DistributedSampler(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=0)
-        self.epoch = 0
-        self.start = 0
+        self.set_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:
         """Select epoch `epoch`'s permutation; also resets the start to the epoch's first sample."""
@@ -80,7 +101,14 @@ class EpochSampler(Sampler):
         return len(self.base)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "start": self.start, "seed": self.seed, "num_replicas": self.num_replicas}
+        """Where the sampler stands: enough, with the run's config, to rebuild the rest of the epoch."""
+        return {
+            "epoch": self.epoch,
+            "start": self.start,
+            "seed": self.seed,
+            "num_replicas": self.num_replicas,
+            "repeats": self.repeats,
+        }
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         for position, index in enumerate(self.base):
@@ -96,6 +124,8 @@ class SeededDataset(Dataset):
 
     Plain integer indices pass through unseeded, so the wrapped dataset also serves ordinary samplers. A base
     dataset with a batched `__getitems__` (the built-in digits) gets one seed per batch: its first item's.
+    The global generators are put back afterwards (`preserved_rngs`), so loading in the training process
+    leaves the training step's randomness as it was.
     """
 
     def __init__(self, dataset: Dataset) -> None:
@@ -111,17 +141,21 @@ class SeededDataset(Dataset):
         return getattr(self.dataset, name)
 
     def __getitem__(self, item: int | tuple[int, int]) -> Any:
-        if isinstance(item, tuple):
-            index, seed = item
-            seed_all(seed)
-            return self.dataset[index]
-        return self.dataset[item]
+        if not isinstance(item, tuple):
+            return self.dataset[item]
+        with preserved_rngs():
+            return self._seeded(*item)
+
+    def _seeded(self, index: int, seed: int) -> Any:
+        seed_all(seed)
+        return self.dataset[index]
 
     def __getitems__(self, items: list) -> list:
         batched = getattr(self.dataset, "__getitems__", None)
-        if batched is None:
-            return [self[item] for item in items]
-        if items and isinstance(items[0], tuple):
+        if not items or not isinstance(items[0], tuple):
+            return batched(list(items)) if batched else [self.dataset[item] for item in items]
+        with preserved_rngs():
+            if batched is None:
+                return [self._seeded(index, seed) for index, seed in items]
             seed_all(items[0][1])
             return batched([index for index, _ in items])
-        return batched(list(items))

@@ -7,7 +7,9 @@ from typing import Any
 from torch import nn
 
 from vitcompress.data import DataInfo, build_loaders
+from vitcompress.data.config import AugmentConfig, DataConfig
 from vitcompress.errors import VitCompressError
+from vitcompress.jobs.source import ModelSource
 from vitcompress.metrics import count_macs, count_params, measure_latency
 from vitcompress.metrics._checks import fixed_input_size
 from vitcompress.report import model_row
@@ -35,25 +37,28 @@ def input_size_of(model: nn.Module) -> tuple[int, int, int]:
 
 def loaders_for(
     model: nn.Module,
-    data: str,
+    data: DataConfig,
     extra: dict[str, Any],
-    batch_size: int,
-    workers: int,
     seed: int,
+    aug: AugmentConfig | None = None,
     distributed: bool = False,
 ):
     """Loaders at the model's input size, normalised the way the model was trained (if it was saved by us)."""
-    norm = extra.get("data", {})
-    return build_loaders(
-        data,
-        input_size=input_size_of(model),
-        batch_size=batch_size,
-        num_workers=workers,
-        seed=seed,
-        distributed=distributed,
-        mean=norm.get("mean"),
-        std=norm.get("std"),
-    )
+    norm = extra.get("data", {})  # DataInfo of a model saved by a job; the DataConfig is "data_config"
+    kwargs = dict(input_size=input_size_of(model), seed=seed, distributed=distributed, mean=norm.get("mean"),
+                  std=norm.get("std"))
+    return build_loaders(data, aug=aug, **kwargs)
+
+
+def resolve_teacher(source: ModelSource, info: DataInfo, flag: str) -> nn.Module:
+    """A teacher model (timm name, saved dir or checkpoint) that predicts the data's classes, in eval mode."""
+    teacher, _ = source.resolve()
+    if getattr(teacher, "num_classes", None) != info.num_classes:
+        raise VitCompressError(
+            f"{flag} {source.model} predicts {getattr(teacher, 'num_classes', '?')} classes, the data has "
+            f"{info.num_classes}; distil from a teacher trained on this data"
+        )
+    return teacher.eval()
 
 
 def check_classes(model: nn.Module, info: DataInfo, ref: str, can_reset: bool) -> None:
@@ -78,3 +83,9 @@ def describe_row(
 
 def data_extra(info: DataInfo) -> dict[str, Any]:
     return {"data": info.to_dict()}
+
+
+def loss_rows(records: list[dict[str, Any]], keys: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Per-epoch loss components (and val top-1) for a report table."""
+    return [{"epoch": r["epoch"], **{k: r[k] for k in keys if k in r},
+             **({"val top-1": r["val_top1"]} if "val_top1" in r else {})} for r in records]

@@ -1,21 +1,25 @@
-"""`vitcompress slim search|extract` and `vitcompress finetune`: ViT-Slim from search to a retrained model."""
+"""`vitcompress slim search|extract`: ViT-Slim from a search to any budget (`finetune` retrains the result)."""
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from torch import nn
 
+from vitcompress.cli_args import Flags
+from vitcompress.data.config import AugmentConfig, DataConfig
 from vitcompress.errors import VitCompressError
 from vitcompress.export import save
 from vitcompress.export.io import load, read_spec
-from vitcompress.jobs.common import check_classes, data_extra, describe_row, input_size_of, loaders_for, start_job
-from vitcompress.metrics import count_macs, count_params, evaluate, measure_latency
-from vitcompress.models.resolve import resolve_model
+from vitcompress.jobs.common import describe_row, input_size_of, loss_rows
+from vitcompress.jobs.skeleton import Context, Outcome, Plan, Summary, run_training
+from vitcompress.jobs.source import ModelSource, source_of
+from vitcompress.metrics import count_macs, count_params, measure_latency
 from vitcompress.multiplexing.distill_config import DistillConfig
 from vitcompress.multiplexing.objective import DistillationObjective
 from vitcompress.report import markdown_table, write_report
@@ -23,80 +27,81 @@ from vitcompress.slim import SlimConfig, SlimObjective, SparsityConfig, attach_m
 from vitcompress.slim.selection import Selection
 from vitcompress.slim.solver import budget_curve
 from vitcompress.slim.sparsity import slim_param_groups
-from vitcompress.train import CrossEntropyObjective, TrainConfig, fit
-from vitcompress.train.distributed import cleanup
+from vitcompress.train import CrossEntropyObjective, TrainConfig
 
 LOSS_KEYS = ("loss", "task", "ce", "kd_logits", "sparsity", "mask_attn", "mask_mlp", "mask_tokens")
+LOGIT_KD = ("alpha", "temperature", "distillation_type", "logits_loss")
+"""The DistillConfig fields of logit-only KD, the flags of `slim search` and `finetune`."""
+KD_FLAGS = Flags(only=LOGIT_KD, aliases={"alpha": ("kd_alpha",)})
+SPARSITY_FLAGS = Flags(aliases={"l1_attn": ("attn_weight",), "l1_mlp": ("mlp_weight",),
+                                "l1_tokens": ("tokens_weight",)})  # SparsityConfig version 1 names
 
 
-def _logit_kd(student: nn.Module, teacher: nn.Module, alpha: float, temperature: float) -> DistillationObjective:
-    """CE + logit KD only: MiniViT's distillation objective with its attention and hidden terms off."""
-    config = DistillConfig(alpha=alpha, temperature=temperature, attn_weight=0.0, hidden_weight=0.0)
-    return DistillationObjective(student, teacher.eval(), config)
+def logit_kd(student: nn.Module, teacher: nn.Module, kd: DistillConfig, label_smoothing: float = 0.0):
+    """CE + logit KD only: MiniViT's distillation objective with its relation terms off."""
+    config = dataclasses.replace(kd, attn_weight=0.0, hidden_weight=0.0)
+    return DistillationObjective(student, teacher.eval(), config, label_smoothing=label_smoothing)
 
 
 def search_job(
-    model: str,
-    data: str,
+    model: ModelSource | str,
     out: str | Path,
-    slim: SlimConfig,
-    sparsity: SparsityConfig,
-    train: TrainConfig,
-    kd_alpha: float = 0.0,
-    temperature: float = 1.0,
-    arch: str | None = None,
-    pretrained: bool = False,
-    model_args: dict[str, Any] | None = None,
-    batch_size: int = 64,
-    workers: int = 0,
-    resume: bool = False,
+    slim: SlimConfig | None = None,
+    sparsity: Annotated[SparsityConfig | None, SPARSITY_FLAGS] = None,
+    kd: Annotated[DistillConfig | None, dataclasses.replace(KD_FLAGS, optional=True)] = None,
+    train: TrainConfig | None = None,
+    data: DataConfig | None = None,
+    aug: AugmentConfig | None = None,
     curve_points: int = 21,
+    resume: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Attach masks to `model`, train masks and weights with the sparsity loss, save the masked model and the
     budget curve (params/MACs of the extracted model over the whole range) to `out`.
 
-    `kd_alpha` > 0 adds logit distillation from the unmasked original: (1 - α)·CE + α·KL.
+    Args:
+        model: The model to slim; a timm name built here gets a head for the data's classes.
+        out: Output directory (masked model, curve, report, metrics, checkpoint).
+        slim: Masks.
+        sparsity: Sparsity loss.
+        kd: Logit distillation from the unmasked original, (1 - alpha)·CE + alpha·KD; on only when one of its
+            options is given (flag or recipe).
+        train: Training.
+        data: Data.
+        aug: Augmentation and regularisation.
+        curve_points: Budget-curve points from share 1 to 0.
+        resume: Continue the run in <out>/checkpoint.
+        progress: Show a progress bar.
     """
-    dist = start_job(train.seed)
-    try:
-        source, extra = resolve_model(model, arch=arch, pretrained=pretrained, model_args=model_args)
-        train_loader, val_loader, info = loaders_for(
-            source, data, extra, batch_size, workers, train.seed, distributed=dist.world_size > 1
-        )
-        check_classes(source, info, model, can_reset=not extra)
-        masked = attach_masks(source, slim)
-        source_metrics = evaluate(source.to(dist.device), val_loader, device=dist.device)
-        base = CrossEntropyObjective() if kd_alpha <= 0 else _logit_kd(masked, source.to(dist.device), kd_alpha,
-                                                                        temperature)
-        objective = SlimObjective(masked, base, sparsity)
-        history = fit(
-            masked, train_loader, val_loader, objective, train, out_dir=out, resume=resume, device=dist.device,
-            param_groups=slim_param_groups(masked, train, sparsity), progress=progress,
-        )
-        masked_metrics = evaluate(masked, val_loader, device=dist.device)
-        report: dict[str, Any] = {}
-        if dist.rank == 0:
-            extra_out = {**extra, **data_extra(info), "slim": slim.to_dict(), "sparsity": sparsity.to_dict(),
-                         "train": train.to_dict(), "kd_alpha": kd_alpha}
-            save(masked, out, extra=extra_out)
-            curve = budget_curve(masked, curve_points)
-            write_curve(out, curve)
-            source_row = describe_row(f"original ({model})", source.cpu(), source_metrics, latency=False)
-            losses = [{"epoch": r["epoch"], **{k: r[k] for k in LOSS_KEYS if k in r},
-                       **({"val top-1": r["val_top1"]} if "val_top1" in r else {})} for r in history.records]
-            report = {"original": source_row, "masked_val": masked_metrics, "curve": curve, "epochs": history.records,
-                      "slim": slim.to_dict(), "sparsity": sparsity.to_dict(), "train": train.to_dict()}
-            columns = ["share", "params_ratio", "macs_ratio", *[k for k in curve[0] if k.endswith("_kept")]]
-            write_report(out, report, f"ViT-Slim search of {model} on {info.name}", {
-                "original": markdown_table([source_row]),
-                "masked model (soft masks)": markdown_table([{"top-1 (%)": masked_metrics.get("top1", float("nan"))}]),
-                "budget curve (extracted params/MACs vs kept share)": markdown_table(curve, columns),
-                "per-epoch losses": markdown_table(losses),
-            })
-        return report
-    finally:
-        cleanup()
+    source, slim, sparsity, train = source_of(model), slim or SlimConfig(), sparsity or SparsityConfig(), \
+        train or TrainConfig()
+
+    def prepare(ctx: Context) -> Plan:
+        masked = attach_masks(ctx.model, slim)
+        base = CrossEntropyObjective(ctx.smoothing)
+        if kd is not None and kd.alpha > 0:
+            base = logit_kd(masked, ctx.model.to(ctx.dist.device), kd, ctx.smoothing)
+        configs = {"slim": slim.to_dict(), "sparsity": sparsity.to_dict(), "kd": kd.to_dict() if kd else None}
+        return Plan(masked, SlimObjective(masked, base, sparsity), before={"original": ctx.model},
+                    param_groups=slim_param_groups(masked, train, sparsity), configs=configs)
+
+    def summarize(o: Outcome) -> Summary:
+        curve = budget_curve(o.plan.model, curve_points)
+        write_curve(out, curve)
+        source_row = describe_row(f"original ({source.model})", o.plan.before["original"].cpu(),
+                                  o.before["original"], latency=False)
+        report = {"original": source_row, "masked_val": o.after, "curve": curve, "epochs": o.history.records}
+        columns = ["share", "params_ratio", "macs_ratio", *[k for k in curve[0] if k.endswith("_kept")]]
+        tables = {
+            "original": markdown_table([source_row]),
+            "masked model (soft masks)": markdown_table([{"top-1 (%)": o.after.get("top1", float("nan"))}]),
+            "budget curve (extracted params/MACs vs kept share)": markdown_table(curve, columns),
+            "per-epoch losses": markdown_table(loss_rows(o.history.records, LOSS_KEYS)),
+        }
+        return report, f"ViT-Slim search of {source.model} on {o.info.name}", tables
+
+    return run_training(source, out, train, data or DataConfig(), aug or AugmentConfig(), prepare, summarize,
+                        resume=resume, progress=progress)
 
 
 def write_curve(out: str | Path, curve: list[dict[str, float]]) -> None:
@@ -161,56 +166,3 @@ def extract_job(
     report = {"rows": rows, "selection": selection.info, "select_and_extract_s": elapsed}
     write_report(out, report, f"ViT-Slim extract from {search}", {"original vs extracted": markdown_table(rows)})
     return report
-
-
-def finetune_job(
-    model: str,
-    data: str,
-    out: str | Path,
-    train: TrainConfig,
-    kd_teacher: str | None = None,
-    kd_alpha: float = 0.5,
-    temperature: float = 1.0,
-    batch_size: int = 64,
-    workers: int = 0,
-    resume: bool = False,
-    latency: bool = False,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Retrain a saved (e.g. extracted) model with CE, plus logit KD from `kd_teacher` when given."""
-    dist = start_job(train.seed)
-    try:
-        net, extra = resolve_model(model)
-        train_loader, val_loader, info = loaders_for(
-            net, data, extra, batch_size, workers, train.seed, distributed=dist.world_size > 1
-        )
-        check_classes(net, info, model, can_reset=False)
-        teacher = None
-        objective: Any = CrossEntropyObjective()
-        if kd_teacher is not None:
-            teacher, _ = resolve_model(kd_teacher)
-            if teacher.num_classes != info.num_classes:
-                raise VitCompressError(
-                    f"--kd-teacher {kd_teacher} predicts {teacher.num_classes} classes, the data has "
-                    f"{info.num_classes}; distil from a teacher trained on this data"
-                )
-            objective = _logit_kd(net, teacher.to(dist.device), kd_alpha, temperature)
-        before = evaluate(net.to(dist.device), val_loader, device=dist.device)
-        history = fit(net, train_loader, val_loader, objective, train, out_dir=out, resume=resume,
-                      device=dist.device, progress=progress)
-        after = evaluate(net, val_loader, device=dist.device)
-        teacher_metrics = evaluate(teacher, val_loader, device=dist.device) if teacher is not None else {}
-        report: dict[str, Any] = {}
-        if dist.rank == 0:
-            keep = {k: v for k, v in extra.items() if k != "train"}
-            save(net, out, extra={**keep, **data_extra(info), "train": train.to_dict(), "kd_teacher": kd_teacher})
-            rows = [describe_row(f"{model} (before)", net.cpu(), before, latency=False),
-                    describe_row("fine-tuned", net, after, latency)]
-            if teacher is not None:
-                rows.insert(0, describe_row(f"teacher ({kd_teacher})", teacher.cpu(), teacher_metrics, latency))
-            report = {"rows": rows, "val": after, "epochs": history.records, "train": train.to_dict(),
-                      "kd_teacher": kd_teacher, "kd_alpha": kd_alpha if kd_teacher else 0.0}
-            write_report(out, report, f"fine-tune {model} on {info.name}", {"models": markdown_table(rows)})
-        return report
-    finally:
-        cleanup()

@@ -5,48 +5,43 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from vitcompress.export import save
-from vitcompress.jobs.common import check_classes, data_extra, describe_row, loaders_for, start_job
-from vitcompress.metrics import evaluate
-from vitcompress.models.resolve import resolve_model
-from vitcompress.report import markdown_table, write_report
-from vitcompress.train import CrossEntropyObjective, TrainConfig, fit
-from vitcompress.train.distributed import cleanup
+from vitcompress.data.config import AugmentConfig, DataConfig
+from vitcompress.jobs.common import describe_row
+from vitcompress.jobs.skeleton import Context, Outcome, Plan, Summary, run_training
+from vitcompress.jobs.source import ModelSource, source_of
+from vitcompress.report import markdown_table
+from vitcompress.train import CrossEntropyObjective, TrainConfig
 
 
 def train_job(
-    model: str,
-    data: str,
+    model: ModelSource | str,
     out: str | Path,
-    train: TrainConfig,
-    arch: str | None = None,
-    pretrained: bool = False,
-    model_args: dict[str, Any] | None = None,
-    batch_size: int = 64,
-    workers: int = 0,
+    train: TrainConfig | None = None,
+    data: DataConfig | None = None,
+    aug: AugmentConfig | None = None,
     resume: bool = False,
-    label_smoothing: float = 0.0,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Train `model` on `data`, save it to `out` (loadable with `vitcompress.load`) with a report."""
-    dist = start_job(train.seed)
-    try:
-        net, extra = resolve_model(model, arch=arch, pretrained=pretrained, model_args=model_args)
-        train_loader, val_loader, info = loaders_for(
-            net, data, extra, batch_size, workers, train.seed, distributed=dist.world_size > 1
-        )
-        check_classes(net, info, model, can_reset=not extra)
-        history = fit(
-            net, train_loader, val_loader, CrossEntropyObjective(label_smoothing), train, out_dir=out,
-            resume=resume, device=dist.device, progress=progress,
-        )
-        metrics = evaluate(net, val_loader, device=dist.device)
-        report: dict[str, Any] = {}
-        if dist.rank == 0:
-            save(net, out, extra={**extra, **data_extra(info), "train": train.to_dict()})
-            row = describe_row(model, net, metrics, latency=False)
-            report = {"model": row, "val": metrics, "epochs": history.records}
-            write_report(out, report, f"train {model} on {info.name}", {"model": markdown_table([row])})
-        return report
-    finally:
-        cleanup()
+    """Train `model` on the data with cross-entropy, save it to `out` (loadable with `vitcompress.load`).
+
+    Args:
+        model: The model to train; a timm name built here gets a head for the data's classes.
+        out: Output directory (model, report, metrics, checkpoint).
+        train: Training.
+        data: Data.
+        aug: Augmentation and regularisation.
+        resume: Continue the run in <out>/checkpoint.
+        progress: Show a progress bar.
+    """
+    source = source_of(model)
+
+    def prepare(ctx: Context) -> Plan:
+        return Plan(ctx.model, CrossEntropyObjective(ctx.smoothing))
+
+    def summarize(o: Outcome) -> Summary:
+        row = describe_row(source.model, o.plan.model, o.after, latency=False)
+        report = {"model": row, "val": o.after, "epochs": o.history.records}
+        return report, f"train {source.model} on {o.info.name}", {"model": markdown_table([row])}
+
+    return run_training(source, out, train or TrainConfig(), data or DataConfig(), aug or AugmentConfig(),
+                        prepare, summarize, resume=resume, progress=progress)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -11,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vitcompress.errors import VitCompressError
-from vitcompress.metrics._checks import check_device, eval_mode
+from vitcompress.metrics._checks import check_device, eval_mode, model_device_dtype
 
 
 def topk_correct(logits: torch.Tensor, target: torch.Tensor, ks: Sequence[int] = (1, 5)) -> list[int]:
@@ -57,36 +58,41 @@ def _logits(output: Any) -> torch.Tensor:
 def evaluate(
     model: nn.Module,
     loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = None,
     amp_dtype: torch.dtype | None = None,
 ) -> dict[str, float]:
     """Top-1/top-5 accuracy and mean cross-entropy of `model` over `loader`.
 
-    Under `torch.distributed` each rank evaluates its own shard and the counts are all-reduced, so
-    every rank returns the same global numbers. A `DistributedSampler` pads the last shard with
-    repeated samples; those are counted too, as `n` shows.
+    The one evaluator: the jobs call it, and `fit` uses it when given no `evaluate_fn` (inside the run's
+    autocast, which it then keeps). Under `torch.distributed` each rank evaluates its own shard and the counts
+    are all-reduced, so every rank returns the same global numbers. A `DistributedSampler` pads the last shard
+    with repeated samples, and an unsharded loader is counted once per rank; `n` shows either.
 
     Args:
         model: The classifier; it must already be on `device`. Put in eval mode for the pass; each
             module's training flag is restored afterwards.
-        loader: Yields `(images, targets)` batches.
-        device: Where batches are moved to.
-        amp_dtype: Run the forward under `torch.autocast` with this dtype (e.g. `torch.bfloat16`).
+        loader: Yields `(images, targets)` batches; targets are class indices or soft labels (argmax is used).
+        device: Where batches are moved to; default: where the model is.
+        amp_dtype: Run the forward under `torch.autocast` with this dtype (e.g. `torch.bfloat16`); None leaves
+            any autocast the caller entered in force.
 
     Returns:
         `{"top1": %, "top5": %, "loss": mean cross-entropy, "n": samples}`; top-k in 0..100.
 
     Raises:
-        VitCompressError: If the model is not on `device` or the loader is empty.
+        VitCompressError: If the model is not on `device` or the loader yields no samples (on every rank
+            alike, since the check follows the all-reduce).
     """
-    device = check_device(model, device)
-    # correct@1, correct@5, summed loss, samples: one tensor so one all-reduce syncs everything.
+    device = check_device(model, device if device is not None else model_device_dtype(model)[0])
+    # A nested autocast(enabled=False) would switch off the caller's autocast (fit's), so enter one only if asked.
+    autocast = (torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None
+                else contextlib.nullcontext())
+    # correct@1, correct@5, summed loss, samples: one float64 tensor, so one all-reduce syncs everything exactly.
     totals = torch.zeros(4, dtype=torch.float64, device=device)
-    with eval_mode(model), torch.no_grad():
+    with eval_mode(model), torch.no_grad(), autocast:
         for images, target in loader:
             images, target = images.to(device, non_blocking=True), target.to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                logits = _logits(model(images))
+            logits = _logits(model(images))
             hard_target = target.argmax(dim=-1) if target.ndim == 2 else target
             totals[:2] += _topk_correct(logits, hard_target, (1, 5))
             totals[2] += F.cross_entropy(logits.float(), hard_target, reduction="sum")
@@ -95,7 +101,9 @@ def evaluate(
         dist.all_reduce(totals)
     n = int(totals[3].item())
     if n == 0:
-        raise VitCompressError("the loader yielded no samples; check the dataset path and split")
+        raise VitCompressError(
+            "the validation loader yielded no samples; check the dataset path, its val split and the batch size"
+        )
     return {
         "top1": 100.0 * totals[0].item() / n,
         "top5": 100.0 * totals[1].item() / n,

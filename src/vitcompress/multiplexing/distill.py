@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import math
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 from vitcompress.errors import VitCompressError
 from vitcompress.models.layers import head_dim, transformer_layers
@@ -88,41 +88,147 @@ def layer_pairs(spec: str | list[list[int]], student_depth: int, teacher_depth: 
     return pairs
 
 
-def relation_kl(student: Tensor, teacher: Tensor, heads: int) -> Tensor:
+def relation_kl(student: tuple[Tensor, Tensor], teacher: tuple[Tensor, Tensor], heads: int) -> Tensor:
     """KL(teacher || student) between softmax(X Yᵀ/√(d/A)) relations, per relation head, mean over rows.
 
-    Inputs are pairs (X, Y) of (B, N, C) tensors; C may differ between student and teacher.
-    """
-    def log_rel(x: Tensor, y: Tensor) -> Tensor:
-        xa, ya = x.unflatten(-1, (heads, -1)).transpose(1, 2), y.unflatten(-1, (heads, -1)).transpose(1, 2)
-        return (xa @ ya.transpose(-2, -1) / math.sqrt(xa.shape[-1])).log_softmax(-1)
+    Args:
+        student: The student's (X, Y), each (B, N, C_s); X and Y may be the same tensor (Q-Q, K-K, V-V).
+        teacher: The teacher's (X, Y), each (B, N, C_t); C_t may differ from C_s.
+        heads: Relation heads A: C_s and C_t are each split into A parts of C/A dims.
 
-    log_s, log_t = log_rel(*student), log_rel(*teacher)
-    return (log_t.exp() * (log_t - log_s)).sum(-1).mean()
+    Returns:
+        The mean over B·A·N relation rows of Σ_j p_t log(p_t / p_s), a scalar.
+
+    The teacher's relation is computed once without autograd, the student's by `_StudentRelationKL`, whose
+    backward is written out (see there). A teacher that requires grad (trained too) takes the plain autograd form.
+    """
+    (xs, ys), (xt, yt) = student, teacher
+    if xt.requires_grad or yt.requires_grad:
+        log_s, log_t = (_logits(*(_split_heads(v, heads) for v in pair)).log_softmax(-1) for pair in (student, teacher))
+        return (log_t.exp() * (log_t - log_s)).sum(-1).mean()
+    with torch.no_grad():
+        t_logits = _logits(_split_heads(xt, heads), _split_heads(yt, heads))
+        p_t = t_logits.softmax(-1)
+        lse_t = _logsumexp(t_logits, p_t)
+    xa = _split_heads(xs, heads).contiguous()  # one copy, reused by forward and backward
+    ya = None if ys is xs else _split_heads(ys, heads).contiguous()
+    return _StudentRelationKL.apply(xa, ya, t_logits, p_t, lse_t)
+
+
+def _split_heads(x: Tensor, heads: int) -> Tensor:
+    """(B, N, C) -> (B, A, N, C/A), a view."""
+    return x.unflatten(-1, (heads, -1)).transpose(1, 2)
+
+
+def _logits(x: Tensor, y: Tensor | None) -> Tensor:
+    """X Yᵀ/√d (Y = X when None), (…, N, N). The scale multiplies the (N, d) factor, not the (N, N) product: for
+    d = 4^k it is a power of two, so the logits are bit-identical to dividing the product."""
+    x = x.contiguous()  # hooked views of a fused qkv output: (…, N, d) batches matmul would copy otherwise
+    return (x * (1.0 / math.sqrt(x.shape[-1]))) @ (x if y is None else y.contiguous()).transpose(-2, -1)
+
+
+def _logsumexp(logits: Tensor, probs: Tensor) -> Tensor:
+    """Row log-sum-exp from the softmax already computed: at the row maximum p = 1/Σ exp(l − max), so
+    lse = max − log(max p). Two cheap reductions instead of `logsumexp`, which exponentiates the rows again."""
+    return logits.amax(-1) - probs.amax(-1).log()
+
+
+class _StudentRelationKL(torch.autograd.Function):
+    """Mean over rows of KL(p_t || softmax(x yᵀ/√d)) for a fixed teacher relation, with a written-out backward.
+
+    With l_t, l_s the logits, Σ_j p_t = 1 gives KL_row = Σ_j p_t (l_t − l_s)_j − (lse_t − lse_s): one softmax per
+    side and no log-softmax, exp of it, or N×N products kept for autograd. d KL_row / d l_s = p_s − p_t, so backward
+    keeps that one N×N tensor and runs two matmuls (one when y is x: the logits are x xᵀ, so x gets (G + Gᵀ) x).
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, y: Tensor | None, t_logits: Tensor, p_t: Tensor, lse_t: Tensor) -> Tensor:
+        s_logits = _logits(x, y)
+        p_s = s_logits.softmax(-1)
+        lse_s = _logsumexp(s_logits, p_s)
+        rows = lse_s.numel()
+        diff = torch.sub(t_logits, s_logits, out=s_logits)  # the student's logits are not needed any more
+        # Under autocast the logits may be bf16/fp16: the sums are taken in fp32.
+        kl = (torch.dot(p_t.reshape(-1).float(), diff.reshape(-1).float()) - (lse_t - lse_s).float().sum()) / rows
+        ctx.scale, ctx.rows, ctx.same = 1.0 / math.sqrt(x.shape[-1]), rows, y is None
+        ctx.save_for_backward(p_s.sub_(p_t), x, x if y is None else y)
+        return kl
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
+        grad_logits, x, y = ctx.saved_tensors
+        grad_logits = grad_logits.to(x.dtype)
+        g = grad * (ctx.scale / ctx.rows)
+        if ctx.same:
+            # One N×N add and one matmul instead of two matmuls (an N×N pass costs less than a matmul).
+            gx = ((grad_logits + grad_logits.transpose(-2, -1)) @ x).mul_(g)
+            return gx, None, None, None, None
+        gx = (grad_logits @ y).mul_(g) if ctx.needs_input_grad[0] else None
+        gy = (grad_logits.transpose(-2, -1) @ x).mul_(g) if ctx.needs_input_grad[1] else None
+        return gx, gy, None, None, None
 
 
 def hidden_relation_mse(student: Tensor, teacher: Tensor, chunk: int) -> Tensor:
     """MSE between token×token cosine-similarity matrices, computed `chunk` query rows at a time.
 
-    Each chunk is recomputed in backward (activation checkpointing), so peak memory is O(chunk·N), not O(N²):
-    exact, unlike sampling tokens. Swin block outputs, (B, H, W, C) maps, come in flattened to (B, H·W, C): at
-    stage 1 of a 224² input (N = 3136) the default chunk of 1024 holds 1024×3136 rows at a time where MiniViT's
-    official loss builds the whole 3136×3136 matrix per image.
+    Peak memory is O(chunk·N), not O(N²): exact, unlike sampling tokens. Swin block outputs, (B, H, W, C) maps,
+    come in flattened to (B, H·W, C): at stage 1 of a 224² input (N = 3136) the default chunk of 1024 holds
+    1024×3136 rows at a time where MiniViT's official loss builds the whole 3136×3136 matrix per image.
+
+    Args:
+        student: (B, N, C_s) tokens.
+        teacher: (B, N, C_t) tokens; C_t may differ from C_s.
+        chunk: Rows of the N×N matrices held at once.
+
+    Returns:
+        mean_ij (ŝ_i·ŝ_j − t̂_i·t̂_j)² over the batch, with ŝ, t̂ the L2-normalised tokens.
     """
     s, t = F.normalize(student, dim=-1), F.normalize(teacher, dim=-1)
     n = s.shape[1]
+    return _GramSSE.apply(s, t, chunk) / (s.shape[0] * n * n)
 
-    def block_sse(s_rows: Tensor, t_rows: Tensor, s_all: Tensor, t_all: Tensor) -> Tensor:
-        return ((s_rows @ s_all.transpose(1, 2) - t_rows @ t_all.transpose(1, 2)) ** 2).sum()
 
-    total = s.new_zeros(())
-    for start in range(0, n, chunk):
-        rows = slice(start, start + chunk)
-        if n <= chunk:
-            total = total + block_sse(s[:, rows], t[:, rows], s, t)
-        else:
-            total = total + checkpoint(block_sse, s[:, rows], t[:, rows], s, t, use_reentrant=False)
-    return total / (s.shape[0] * n * n)
+def _gram_diff(s: Tensor, t: Tensor, rows: slice) -> Tensor:
+    """Rows `rows` of D = S Sᵀ − T Tᵀ, (B, rows, N)."""
+    return torch.baddbmm(t[:, rows] @ t.transpose(1, 2), s[:, rows], s.transpose(1, 2), beta=-1.0)
+
+
+class _GramSSE(torch.autograd.Function):
+    """Σ_ij (S Sᵀ − T Tᵀ)²_ij, row chunk by row chunk, with a hand-written backward.
+
+    D is symmetric, so dΣ/dS = 4 D S and dΣ/dT = −4 D T: one matmul per side and chunk, where autograd through
+    `s_rows @ s_allᵀ` ran two. A single chunk keeps its D for backward; several are recomputed one at a time,
+    so memory stays O(chunk·N) as with activation checkpointing.
+    """
+
+    @staticmethod
+    def forward(ctx, s: Tensor, t: Tensor, chunk: int) -> Tensor:
+        n = s.shape[1]
+        total = s.new_zeros(())
+        kept = None
+        for start in range(0, n, chunk):
+            d = _gram_diff(s, t, slice(start, start + chunk))
+            d32 = d.reshape(-1).float()  # under autocast the matmuls give bf16/fp16; sum the squares in fp32
+            total += torch.dot(d32, d32)
+            kept = d if n <= chunk else None
+        ctx.chunk = chunk
+        ctx.save_for_backward(s, t, *([] if kept is None else [kept]))
+        return total
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
+        s, t, *kept = ctx.saved_tensors
+        need_s, need_t = ctx.needs_input_grad[:2]
+        n, chunk = s.shape[1], ctx.chunk
+        gs, gt = [], []
+        for start in range(0, n, chunk):
+            d = (kept[0] if kept else _gram_diff(s, t, slice(start, start + chunk))).to(s.dtype)
+            if need_s:
+                gs.append(d @ s)
+            if need_t:
+                gt.append(d @ t)
+        return (torch.cat(gs, 1).mul_(4 * grad) if need_s else None,
+                torch.cat(gt, 1).mul_(-4 * grad) if need_t else None, None)
 
 
 def logits_kd(student: Tensor, teacher: Tensor, temperature: float, kind: str) -> Tensor:

@@ -17,14 +17,15 @@ class DistillConfig(BaseConfig):
     """Prediction loss = (1 - alpha) * CE(ground truth) + alpha * KD(logits). 1.0 is the paper's pure KD."""
 
     temperature: float = 1.0
-    """Softmax temperature of the logit distillation (the KL term is scaled by T² as usual)."""
+    """Softmax temperature of the soft logit distillation (the KL term is scaled by T² as usual); unused by "hard"."""
 
     distillation_type: str = "soft"
     """Logit term: "soft" (match the teacher's distribution with `logits_loss`) or "hard" (DeiT: cross-entropy
     on the teacher's argmax; a distilled student's dist head learns from it)."""
 
     logits_loss: str = "kl"
-    """"kl": KL(teacher || student), zero when they agree; "soft_ce": the official soft cross-entropy."""
+    """Soft distillation's loss: "kl": KL(teacher || student), zero when they agree; "soft_ce": the official soft
+    cross-entropy."""
 
     attn_weight: float = 1.0
     """Weight of the self-attention relation term (0 turns it off)."""
@@ -82,4 +83,9 @@ class DistillConfig(BaseConfig):
 
     @property
     def uses_teacher(self) -> bool:
-        return self.alpha > 0 or self.attn_weight > 0 or self.hidden_weight > 0
+        return self.alpha > 0 or self.uses_relations
+
+    @property
+    def uses_relations(self) -> bool:
+        """Whether a relation term (Q/K/V or hidden states) is on: only these need a transformer teacher."""
+        return self.attn_weight > 0 or self.hidden_weight > 0

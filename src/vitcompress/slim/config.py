@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any, ClassVar
 
 from vitcompress.config import BaseConfig
 from vitcompress.errors import VitCompressError
@@ -39,13 +40,19 @@ class SlimConfig(BaseConfig):
 
 @dataclasses.dataclass
 class SparsityConfig(BaseConfig):
-    attn_weight: float = 2e-4
+    """The ℓ1 pressure on the masks during the search, one weight per mask type."""
+
+    # Version 2 renamed attn_weight/mlp_weight/tokens_weight to l1_*: `attn_weight` is DistillConfig's relation
+    # weight, and both configs are flags of `vitcompress slim search`.
+    VERSION: ClassVar[int] = 2
+
+    l1_attn: float = 2e-4
     """ℓ1 weight of the attention masks (paper, DeiT-S/B: 2e-4)."""
 
-    mlp_weight: float = 5e-5
+    l1_mlp: float = 5e-5
     """ℓ1 weight of the MLP masks (paper: 5e-5)."""
 
-    tokens_weight: float = 1e-4
+    l1_tokens: float = 1e-4
     """ℓ1 weight of the token masks' values tanh(θ)/tanh(θ_init) (paper: 1e-4)."""
 
     macs_weighted: bool = False
@@ -56,11 +63,24 @@ class SparsityConfig(BaseConfig):
     """Learning rate of the masks (their own AdamW group, no weight decay); None: the training lr."""
 
     def validate(self) -> None:
-        for name in ("attn_weight", "mlp_weight", "tokens_weight"):
-            if getattr(self, name) < 0:
-                raise VitCompressError(f"{name}={getattr(self, name)} must be >= 0 (0 turns that term off)")
+        for kind in MASK_TYPES:
+            if self.weight(kind) < 0:
+                raise VitCompressError(f"l1_{kind}={self.weight(kind)} must be >= 0 (0 turns that term off)")
         if self.mask_lr is not None and not self.mask_lr > 0:
             raise VitCompressError(f"mask_lr={self.mask_lr} must be > 0; use None for the training lr")
 
     def weight(self, mask_type: str) -> float:
-        return getattr(self, f"{mask_type}_weight")
+        """The ℓ1 weight of one mask type ("attn", "mlp" or "tokens")."""
+        return getattr(self, f"l1_{mask_type}")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SparsityConfig:
+        """Also reads version-1 dicts (saved models' extras, old recipes), whose weights were `<type>_weight`."""
+        data = dict(data)
+        if data.get("version", cls.VERSION) < 2:
+            data = {_V1_NAMES.get(k, k): v for k, v in data.items()}
+            data["version"] = cls.VERSION
+        return super().from_dict(data)
+
+
+_V1_NAMES = {f"{kind}_weight": f"l1_{kind}" for kind in MASK_TYPES}

@@ -12,6 +12,10 @@ Layout of a checkpoint directory (default `out_dir/checkpoint/`):
 A new checkpoint is written to a temporary sibling directory and renamed into place; the previous one is
 moved aside first and deleted last, so at every instant one complete checkpoint exists under the final or
 the `.old` name, and `resolve_checkpoint` finds it.
+
+`fit` keeps a run's checkpoints as `out_dir/checkpoint/step-<8 digits>/`, one directory per saved step, and
+prunes all but the newest `TrainConfig.checkpoint_hist` after each complete write; `resolve_checkpoint` on the
+parent picks the newest complete one, so a kill at any instant leaves something to resume from.
 """
 
 from __future__ import annotations
@@ -59,18 +63,53 @@ def _aside(path: Path) -> Path:
     return path.with_name(f".{path.name}.old")
 
 
-def resolve_checkpoint(path: str | Path) -> Path | None:
-    """Return the complete checkpoint directory for `path`, or None if there is none.
+STEP_PREFIX = "step-"
 
-    If a crash hit between moving the old checkpoint aside and renaming the new one into place, the old one
-    (complete) is returned.
-    """
-    path = Path(path)
+
+def step_dir(root: str | Path, step: int) -> Path:
+    """Where `fit` writes the checkpoint of optimizer step `step` under a run's checkpoint root."""
+    return Path(root) / f"{STEP_PREFIX}{step:08d}"
+
+
+def _complete(path: Path) -> Path | None:
     if (path / META_FILE).is_file():
         return path
     if (_aside(path) / META_FILE).is_file():
         return _aside(path)
     return None
+
+
+def step_checkpoints(root: str | Path) -> list[Path]:
+    """The complete step checkpoints under `root`, oldest first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    names = sorted(p.name for p in root.iterdir() if p.name.startswith(STEP_PREFIX) and p.name[5:].isdigit())
+    return [found for found in (_complete(root / n) for n in names) if found is not None]
+
+
+def resolve_checkpoint(path: str | Path) -> Path | None:
+    """Return the complete checkpoint directory for `path`, or None if there is none.
+
+    `path` is a checkpoint directory, or a run's checkpoint root holding `step-*` directories (the newest
+    complete one is returned). If a crash hit between moving an old checkpoint aside and renaming the new one
+    into place, the old one (complete) is returned.
+    """
+    path = Path(path)
+    found = _complete(path)
+    if found is not None:
+        return found
+    steps = step_checkpoints(path)
+    return steps[-1] if steps else None
+
+
+def prune_checkpoints(root: str | Path, keep: int) -> None:
+    """Delete all but the newest `keep` step checkpoints under `root` (and temp dirs of killed writers)."""
+    for old in step_checkpoints(root)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    # Called right after this process's own write completed, so any temp dir left is a killed writer's.
+    for stale in Path(root).glob(f".{STEP_PREFIX}*.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 def _fsync_tree(directory: Path) -> None:

@@ -1,64 +1,43 @@
 """The one training loop, for plain training, distillation and mask search, in one process or under torchrun.
 
 What differs between those jobs is the `Objective` and the param groups; everything else (AdamW, warmup +
-cosine per step, clipping, AMP, EMA, DDP, checkpoint/resume, metrics files) lives here once.
+cosine per step, gradient accumulation, clipping, AMP, EMA, DDP, torch.compile, Mixup, checkpoints between
+any two steps, SIGTERM/SIGINT, metrics files) lives here once.
+
+Exact resume: the data order, the augmentation and every random draw of a step are functions of
+(seed, epoch, batch index, rank), never of how long the process has been running, so a run killed at any
+moment and resumed from its last checkpoint computes exactly what the uninterrupted run computes.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import functools
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-from timm.utils import ModelEmaV3
 from torch import Tensor, nn
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from vitcompress.errors import VitCompressError
-from vitcompress.train._evaluate import _default_evaluate
-from vitcompress.train.checkpoint import save_checkpoint
+from vitcompress.metrics.accuracy import evaluate as _default_evaluate
+from vitcompress.train._run import Mixup, Run, build_run, global_totals, loader_batch_size, save_run
 from vitcompress.train.config import TrainConfig
-from vitcompress.train.distributed import DistInfo, all_reduce_sum, cleanup, setup_distributed
-from vitcompress.train.log import History, MetricsLogger
+from vitcompress.train.distributed import all_reduce_sum, cleanup, setup_distributed
+from vitcompress.train.interrupt import TrainingInterrupted, catch_signals, signal_name
+from vitcompress.train.log import History
 from vitcompress.train.objectives import Objective
-from vitcompress.train.optim import build_optimizer, build_scheduler, scheduled_lr
-from vitcompress.train.resume import CHECKPOINT_DIR, check_schedule, checkpoint_to_resume, make_ema, restore
-from vitcompress.train.seed import epoch_seed, seed_everything
+from vitcompress.train.optim import scheduled_lr
+from vitcompress.train.resume import Position
+from vitcompress.train.seed import epoch_seed, seed_everything, step_seed
 
 EvaluateFn = Callable[[nn.Module, DataLoader], Mapping[str, Any]]
-
-
-@dataclasses.dataclass
-class _Run:
-    """Everything an epoch needs, built once by `fit`."""
-
-    cfg: TrainConfig
-    info: DistInfo
-    device: torch.device
-    model: nn.Module  # the raw model: what is saved, evaluated and averaged into the EMA
-    ddp_model: nn.Module  # what the objective calls: the DDP wrapper, or the raw model in one process
-    objective: Objective
-    optimizer: torch.optim.Optimizer
-    scheduler: Any
-    scaler: torch.amp.GradScaler
-    autocast: Callable[[], contextlib.AbstractContextManager]
-    steps_per_epoch: int
-    logger: MetricsLogger
-    ema: ModelEmaV3 | None
-    verbose: bool
-
-    @property
-    def params(self) -> list[nn.Parameter]:
-        """Everything the optimizer updates (masks and extra groups included), for gradient clipping."""
-        return [p for group in self.optimizer.param_groups for p in group["params"]]
+TIMING_KEYS = ("epoch_time_s", "img_s")
+"""Record fields that measure time: they differ between otherwise identical runs."""
 
 
 def fit(
@@ -73,15 +52,22 @@ def fit(
     device: str | torch.device | None = None,
     evaluate_fn: EvaluateFn | None = None,
     progress: bool = True,
-    mixup: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None,
+    mixup: Mixup | None = None,
     run_meta: Mapping[str, Any] | None = None,
 ) -> History:
-    """Train `model` in place to minimise `objective`, evaluating, logging and checkpointing every epoch.
+    """Train `model` in place to minimise `objective`, evaluating, logging and checkpointing.
 
     Under torchrun (RANK/WORLD_SIZE/LOCAL_RANK set) the model is wrapped in DistributedDataParallel and
     only rank 0 writes files or prints. Each rank should get its shard of the data, e.g. through a
-    `DistributedSampler`, whose `set_epoch` is called here. A process group set up by the caller is kept;
-    one that `fit` had to set up itself is destroyed on return.
+    `DistributedSampler` or `vitcompress.data.samplers.EpochSampler`, whose `set_epoch` is called here. A
+    process group set up by the caller is kept; one that `fit` had to set up itself is destroyed on return.
+
+    Checkpoints go to `out_dir/checkpoint/step-<n>/` at every epoch end and, if asked, every
+    `cfg.checkpoint_every_steps` steps or `cfg.checkpoint_every_minutes`; SIGTERM or SIGINT writes one and
+    raises `TrainingInterrupted`. Resuming mid-epoch is bit-exact when the train loader's sampler has
+    `set_start` (the loaders of `vitcompress.data.build_loaders` do); with another sampler the batches already
+    trained on are re-read and skipped, which is exact only if the loader's order is a function of the epoch
+    and its dataset draws no randomness.
 
     Args:
         model: The model to train (unwrapped). Moved to `device`.
@@ -106,158 +92,211 @@ def fit(
 
     Raises:
         VitCompressError: On a bad configuration, an unusable checkpoint, or a non-finite loss.
+        TrainingInterrupted: After checkpointing a run stopped by SIGTERM/SIGINT.
     """
     owns_group = not (torch.distributed.is_available() and torch.distributed.is_initialized())
     info = setup_distributed()
     try:
         out = Path(out_dir) if out_dir is not None else None
-        run, history, start_epoch, step = _setup(
-            model, train_loader, objective, cfg, out, param_groups, resume, device, progress, info
+        run, history, position = build_run(
+            model, train_loader, objective, cfg, out, param_groups, resume, device, progress, info, mixup, run_meta
         )
-        for epoch in range(start_epoch, cfg.epochs):
-            start = time.perf_counter()
-            record, step = _train_epoch(run, train_loader, epoch, step)
-            if val_loader is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
-                record.update(_evaluate(run, val_loader, evaluate_fn or _default_evaluate))
-            record["epoch_time_s"] = time.perf_counter() - start
-            history.records.append(record)
-            if info.main and out is not None:
-                run.logger.log(record)
-                run.logger.write_csv(history.records)
-                _save(run, out / CHECKPOINT_DIR, history, epoch, step)
-            if run.verbose:
-                tqdm.write(_summary(record, cfg.epochs))
+        with catch_signals() as stop:
+            run.stop = stop
+            while position.epoch < cfg.epochs:
+                start = time.perf_counter()
+                record = _train_epoch(run, train_loader, history, position)
+                epoch = position.epoch
+                if val_loader is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
+                    record.update(_evaluate(run, val_loader, evaluate_fn or _default_evaluate))
+                record["epoch_time_s"] = time.perf_counter() - start
+                history.records.append(record)
+                position.epoch, position.batches_done = epoch + 1, 0
+                if info.main and out is not None:
+                    run.logger.log(record)
+                    run.logger.write_csv(history.records)
+                save_run(run, history, position, totals={})
+                if run.verbose:
+                    tqdm.write(_summary(record, cfg.epochs))
         return history
     finally:
         if owns_group:
             cleanup()
 
 
-def _setup(
-    model: nn.Module,
-    train_loader: DataLoader,
-    objective: Objective,
-    cfg: TrainConfig,
-    out: Path | None,
-    param_groups: Iterable[dict[str, Any]] | None,
-    resume: bool | str | Path,
-    device: str | torch.device | None,
-    progress: bool,
-    info: DistInfo,
-) -> tuple[_Run, History, int, int]:
-    """Build (or restore) everything the loop needs; returns the run, history, first epoch and step."""
-    device = _resolve_device(device, info)
-    autocast = _autocast(cfg.amp, device)
-    steps_per_epoch = _steps_per_epoch(train_loader)
-    ckpt = checkpoint_to_resume(resume, out)
-    model.to(device)
-    if isinstance(objective, nn.Module):
-        objective.to(device)
-    optimizer = build_optimizer(model, cfg, param_groups)
-    scheduler = build_scheduler(optimizer, cfg, steps_per_epoch)
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
-    history, start_epoch, step = History(), 0, 0
-    if ckpt is not None:
-        check_schedule(ckpt, cfg, steps_per_epoch)
-        start_epoch, step, history.records = restore(ckpt, model, optimizer, scheduler, scaler)
-    ddp_model = model
-    if info.distributed:
-        # Wrapping broadcasts rank 0's weights, so every rank starts identical even if built differently.
-        device_ids = [device.index] if device.type == "cuda" else None
-        ddp_model = DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=False)
-    ema = make_ema(model, cfg.ema_decay, ckpt)  # after the wrap, so it copies the broadcast weights
-    history.ema_model = ema.module if ema is not None else None
-    if info.main and out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-    logger = MetricsLogger(out if info.main else None, resume_step=step if ckpt is not None else None)
-    run = _Run(
-        cfg=cfg,
-        info=info,
-        device=device,
-        model=model,
-        ddp_model=ddp_model,
-        objective=objective,
-        optimizer=optimizer,
-        scheduler=scheduler,
-        scaler=scaler,
-        autocast=autocast,
-        steps_per_epoch=steps_per_epoch,
-        logger=logger,
-        ema=ema,
-        verbose=progress and info.main,
-    )
-    return run, history, start_epoch, step
-
-
-def _train_epoch(run: _Run, loader: DataLoader, epoch: int, step: int) -> tuple[dict[str, Any], int]:
-    """One pass over `loader`; returns the epoch record (rank-averaged means) and the updated step count."""
-    cfg = run.cfg
-    # Reseeded per epoch (not once per run) so a resumed run replays exactly the same data order and noise.
+def _train_epoch(run: Run, loader: DataLoader, history: History, position: Position) -> dict[str, Any]:
+    """Train the rest of `position.epoch`, from its `batches_done`-th micro-batch; returns the epoch record."""
+    cfg, epoch = run.cfg, position.epoch
+    # For samplers that shuffle from the global generator when their iterator is created (a plain
+    # DataLoader(shuffle=True)): the order then depends on (seed, epoch) only.
     seed_everything(epoch_seed(cfg.seed, epoch, run.info.rank))
-    _set_epoch(loader, epoch)
+    batches = _start_epoch(loader, epoch, position.batches_done)
+    totals = _restored_totals(position, run)
     run.ddp_model.train()
-    totals: dict[str, Tensor] = {}
-    # disable=None lets tqdm switch itself off when stderr is not a TTY; step lines are printed instead.
     bar = tqdm(
-        loader,
         total=run.steps_per_epoch,
+        initial=math.ceil(position.batches_done / cfg.grad_accum_steps),
         desc=f"epoch {epoch + 1}/{cfg.epochs}",
         leave=False,
         dynamic_ncols=True,
-        disable=None if run.verbose else True,
+        disable=None if run.verbose else True,  # None: tqdm switches itself off when stderr is not a TTY
     )
-    lr = scheduled_lr(run.optimizer)
-    for images, targets in bar:
+    lr, images_seen, train_time = scheduled_lr(run.optimizer), 0, 0.0
+    while position.batches_done < run.batches_per_epoch:
+        tick = time.perf_counter()
         lr = scheduled_lr(run.optimizer)
-        loss, parts, grad_norm = _train_step(run, images, targets)
-        step += 1
-        run.scheduler.step_update(step)
+        group = min(cfg.grad_accum_steps, run.batches_per_epoch - position.batches_done)
+        step_parts, n_images, grad_norm = _optimizer_step(run, batches, epoch, position.batches_done, group)
+        if n_images == 0:  # the loader ran out early (a sampler shorter than its len)
+            break
+        for parts in step_parts:
+            _accumulate(totals, parts, run.device)
+        position.batches_done += len(step_parts)
+        position.step += 1
+        run.scheduler.step_update(position.step)
         if run.ema is not None:
-            run.ema.update(run.model, step=step)
-        _accumulate(totals, {"loss": loss, **parts}, run.device)
-        if step % cfg.log_every == 0:
-            record = {
-                "kind": "step",
-                "epoch": epoch,
-                "step": step,
-                "lr": lr,
-                **_floats({"loss": loss, **parts}),
-            }
-            if grad_norm is not None:
-                record["grad_norm"] = float(grad_norm)
-            _check_finite(record["loss"], epoch, step, run.device)
-            run.logger.log(record)
-            bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k not in ("kind", "epoch", "step")})
-            if run.verbose and bar.disable:
-                tqdm.write(_summary(record, cfg.epochs))
+            run.ema.update(run.model, step=position.step)
+        elapsed = time.perf_counter() - tick
+        images_seen, train_time = images_seen + n_images, train_time + elapsed
+        bar.update(1)
+        if position.step % cfg.log_every == 0:
+            _log_step(run, bar, epoch, position.step, lr, step_parts, grad_norm, n_images / max(elapsed, 1e-9))
+        _maybe_checkpoint(run, history, position, totals)
     bar.close()
     means = _reduce_means(totals)
-    _check_finite(means.get("loss", 0.0), epoch, step, run.device)
-    return {"kind": "epoch", "epoch": epoch, "step": step, "lr": lr, **means}, step
+    _check_finite(means.get("loss", 0.0), epoch, position.step, run.device)
+    img_s = images_seen * run.info.world_size / max(train_time, 1e-9)
+    return {"kind": "epoch", "epoch": epoch, "step": position.step, "lr": lr, **means, "img_s": img_s}
 
 
-def _set_epoch(loader: DataLoader, epoch: int) -> None:
-    # DistributedSampler reshuffles per epoch from (seed, epoch), identically on every rank.
+def _start_epoch(loader: DataLoader, epoch: int, skip: int) -> Iterator:
+    """The loader's iterator for `epoch`, positioned after its first `skip` micro-batches."""
+    samplers = []
     batch_sampler = getattr(loader, "batch_sampler", None)
     for sampler in (getattr(loader, "sampler", None), getattr(batch_sampler, "sampler", None)):
+        if sampler is not None and all(sampler is not s for s in samplers):
+            samplers.append(sampler)
+    exact = False
+    for sampler in samplers:
+        # DistributedSampler and EpochSampler reshuffle per epoch from (seed, epoch), identically on every rank.
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
+        if skip and hasattr(sampler, "set_start"):
+            sampler.set_start(skip * loader_batch(loader))
+            exact = True
+    iterator = iter(loader)
+    if skip and not exact:
+        for _ in range(skip):  # no cheaper way for a sampler that cannot start mid-epoch
+            next(iterator)
+    return iterator
 
 
-def _train_step(run: _Run, images: Tensor, targets: Tensor) -> tuple[Tensor, Mapping[str, Any], Tensor | None]:
-    images = images.to(run.device, non_blocking=True)
-    targets = targets.to(run.device, non_blocking=True)
-    with run.autocast():
-        loss, parts = run.objective(run.ddp_model, images, targets)
+def loader_batch(loader: DataLoader) -> int:
+    size = loader_batch_size(loader)
+    if size is None:
+        raise VitCompressError("cannot resume mid-epoch: the train loader does not say its batch size")
+    return size
+
+
+def _restored_totals(position: Position, run: Run) -> dict[str, Tensor]:
+    # The saved sums are over all ranks; rank 0 carries them so the epoch-end all-reduce counts them once.
+    if not position.totals or not run.info.main:
+        return {name: torch.zeros((), dtype=torch.float64, device=run.device) for name in position.totals}
+    return {name: torch.tensor(v, dtype=torch.float64, device=run.device) for name, v in position.totals.items()}
+
+
+def _optimizer_step(
+    run: Run, batches: Iterator, epoch: int, first: int, group: int
+) -> tuple[list[dict[str, Any]], int, Tensor | None]:
+    """Accumulate `group` micro-batches into one optimizer update; returns their parts, images and grad norm."""
+    step_parts: list[dict[str, Any]] = []
+    n_images = 0
     run.optimizer.zero_grad(set_to_none=True)
-    run.scaler.scale(loss).backward()
+    for j in range(group):
+        try:
+            images, targets = next(batches)
+        except StopIteration:
+            break
+        # Only the last micro-batch of a group all-reduces gradients; the others accumulate locally.
+        last = j == group - 1
+        sync = contextlib.nullcontext() if last or not hasattr(run.ddp_model, "no_sync") else run.ddp_model.no_sync()
+        with sync:
+            seed_everything(step_seed(run.cfg.seed, epoch, first + j, run.info.rank))
+            loss, parts = _forward(run, images, targets)
+            run.scaler.scale(loss / group).backward()
+        step_parts.append({"loss": loss.detach(), **parts})
+        n_images += len(images)
+    if not step_parts:
+        return step_parts, 0, None
     grad_norm = None
     if run.cfg.clip_grad is not None:
         run.scaler.unscale_(run.optimizer)  # clip the true gradients, not fp16-scaled ones
         grad_norm = torch.nn.utils.clip_grad_norm_(run.params, run.cfg.clip_grad)
     run.scaler.step(run.optimizer)
     run.scaler.update()
-    return loss.detach(), parts, grad_norm
+    return step_parts, n_images, grad_norm
+
+
+def _forward(run: Run, images: Tensor, targets: Tensor) -> tuple[Tensor, Mapping[str, Any]]:
+    images = images.to(run.device, non_blocking=True)
+    targets = targets.to(run.device, non_blocking=True)
+    if run.mixup is not None:
+        if len(images) % 2:
+            raise VitCompressError(
+                f"Mixup/CutMix pairs images, but a batch has {len(images)} (odd); use an even batch size and "
+                "drop_last=True"
+            )
+        images, targets = run.mixup(images, targets)
+    with run.autocast():
+        return run.objective(run.ddp_model, images, targets)
+
+
+def _log_step(run: Run, bar, epoch: int, step: int, lr: float, step_parts, grad_norm, img_s: float) -> None:
+    values: dict[str, float] = {}
+    for name in step_parts[0]:
+        values[name] = sum(float(p[name]) for p in step_parts) / len(step_parts)
+    record = {"kind": "step", "epoch": epoch, "step": step, "lr": lr, **values}
+    if grad_norm is not None:
+        record["grad_norm"] = float(grad_norm)
+    record["img_s"] = img_s * run.info.world_size
+    _check_finite(record["loss"], epoch, step, run.device)
+    run.logger.log(record)
+    bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k not in ("kind", "epoch", "step")})
+    if run.verbose and bar.disable:
+        tqdm.write(_summary(record, run.cfg.epochs))
+
+
+def _maybe_checkpoint(run: Run, history: History, position: Position, totals: dict[str, Tensor]) -> None:
+    """Checkpoint between steps when the step or time cadence says so, or a signal asked to stop (then raise).
+
+    Under DDP the ranks agree first: each may have seen the signal at a different step, and only rank 0's
+    clock counts, but every rank must take part in the collectives of a save.
+    """
+    cfg = run.cfg
+    by_steps = cfg.checkpoint_every_steps is not None and position.step % cfg.checkpoint_every_steps == 0
+    by_time = (
+        run.info.main
+        and cfg.checkpoint_every_minutes is not None
+        and time.monotonic() - run.last_save >= 60 * cfg.checkpoint_every_minutes
+    )
+    stop = run.stop.set
+    if run.info.distributed:
+        flags = torch.tensor([float(stop), float(by_time), float(run.stop.signum or 0)], device=run.device)
+        stop_n, time_n, signum = all_reduce_sum(flags).tolist()
+        stop, by_time = stop_n > 0, time_n > 0
+        if stop and run.stop.signum is None:
+            run.stop.signum = int(signum / stop_n)
+    end_of_epoch = position.batches_done >= run.batches_per_epoch
+    if not (stop or ((by_steps or by_time) and not end_of_epoch)):
+        return  # an epoch end checkpoints anyway, right after evaluation
+    path = save_run(run, history, position, global_totals(totals))
+    if stop:
+        where = f"; checkpoint in {path}" if path is not None else ""
+        raise TrainingInterrupted(
+            f"stopped by {signal_name(run.stop.signum)} at epoch {position.epoch + 1} step {position.step}{where}; "
+            "run the same command with --resume (resume=True) to continue exactly from here",
+            run.stop.signum,
+        )
 
 
 def _accumulate(totals: dict[str, Tensor], values: Mapping[str, Any], device: torch.device) -> None:
@@ -269,17 +308,12 @@ def _accumulate(totals: dict[str, Tensor], values: Mapping[str, Any], device: to
 
 
 def _reduce_means(totals: dict[str, Tensor]) -> dict[str, float]:
-    if not totals:
+    sums = global_totals(totals)
+    if not sums:
         return {}
-    names = sorted(totals)  # the same order on every rank, whatever order the objective used
-    sums = all_reduce_sum(torch.stack([totals[n] for n in names])).tolist()
-    batches = sums[names.index("_batches")]
-    means = {n: s / batches for n, s in zip(names, sums, strict=True) if n != "_batches"}
+    batches = sums.pop("_batches")
+    means = {n: s / batches for n, s in sums.items()}
     return {"loss": means.pop("loss"), **means}
-
-
-def _floats(values: Mapping[str, Any]) -> dict[str, float]:
-    return {k: float(v) for k, v in values.items()}
 
 
 def _check_finite(loss: float, epoch: int, step: int, device: torch.device) -> None:
@@ -293,7 +327,7 @@ def _check_finite(loss: float, epoch: int, step: int, device: torch.device) -> N
 
 
 @torch.no_grad()
-def _evaluate(run: _Run, loader: DataLoader, evaluate_fn: EvaluateFn) -> dict[str, Any]:
+def _evaluate(run: Run, loader: DataLoader, evaluate_fn: EvaluateFn) -> dict[str, Any]:
     models = [("val_", run.model)]
     if run.ema is not None:
         models.append(("val_ema_", run.ema.module))
@@ -317,55 +351,3 @@ def _summary(record: Mapping[str, Any], epochs: int) -> str:
         if k not in ("kind", "epoch", "step")
     )
     return f"{head} {rest}"
-
-
-def _resolve_device(device: str | torch.device | None, info: DistInfo) -> torch.device:
-    if device is None:
-        return info.device
-    device = torch.device(device)
-    if info.distributed and device.type == "cuda":
-        return info.device  # "cuda" under torchrun means this rank's GPU, not cuda:0 for everyone
-    return device
-
-
-def _autocast(amp: str, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
-    if amp == "none":
-        return contextlib.nullcontext
-    if amp == "fp16" and device.type != "cuda":
-        raise VitCompressError(f"amp='fp16' needs a CUDA device but training runs on {device}; use amp='bf16'")
-    if amp == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise VitCompressError(f"{torch.cuda.get_device_name(device)} has no bf16; use amp='fp16'")
-    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
-    return functools.partial(torch.autocast, device_type=device.type, dtype=dtype)
-
-
-def _steps_per_epoch(loader: DataLoader) -> int:
-    try:
-        steps = len(loader)
-    except TypeError as e:
-        raise VitCompressError(
-            "train_loader has no length, but the lr schedule is per step; use a map-style dataset or give "
-            "the loader a __len__"
-        ) from e
-    if steps == 0:
-        raise VitCompressError("train_loader yields no batches; check the dataset size, batch_size and drop_last")
-    return steps
-
-
-def _save(run: _Run, path: Path, history: History, epoch: int, step: int) -> None:
-    state = {
-        "optimizer": run.optimizer.state_dict(),
-        "scheduler": run.scheduler.state_dict(),
-        "scaler": run.scaler.state_dict(),
-        "history": history.records,
-    }
-    meta = {
-        "epoch": epoch + 1,
-        "step": step,
-        "steps_per_epoch": run.steps_per_epoch,
-        "world_size": run.info.world_size,
-        "ema": run.ema is not None,
-        "config": run.cfg.to_dict(),
-    }
-    ema_state = run.ema.module.state_dict() if run.ema is not None else None
-    save_checkpoint(path, run.model.state_dict(), state, meta, ema_state)

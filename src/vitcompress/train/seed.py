@@ -26,3 +26,9 @@ def epoch_seed(seed: int, epoch: int, rank: int) -> int:
     Ranks must differ so their augmentations and dropout masks differ; epochs must differ so data order does.
     """
     return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
+
+
+def step_seed(seed: int, epoch: int, batch: int, rank: int) -> int:
+    """A seed for one micro-batch of one epoch on one rank: dropout, drop-path and Mixup draw from it, so a run
+    resumed between two steps draws exactly what the uninterrupted run drew."""
+    return int(np.random.SeedSequence([seed, epoch, batch, rank]).generate_state(1)[0])
