@@ -125,7 +125,8 @@ def plan(dry: bool, data: Path, teacher: Path) -> list[tuple[str, list[str], boo
         tag = ["--amp", amp]
         runs += [
             (f"train {amp}", ["train", "--model", str(teacher), *common, *tag], False),
-            (f"multiplex+KD {amp}", ["multiplex", "--teacher", str(teacher), "--share", "2", *kd, *common, *tag], False),
+            (f"multiplex+KD {amp}", ["multiplex", "--teacher", str(teacher), "--share", "2", *kd, *common, *tag],
+             False),
             (f"slim search {amp}", ["slim", "search", "--model", str(teacher), *common, *tag], False),
             (f"finetune+KD {amp}", ["finetune", "--model", str(teacher), "--kd-teacher", str(teacher), *common, *tag],
              False),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import Any
 
 from torch import nn
@@ -52,6 +54,10 @@ def loaders_for(
 
 def resolve_teacher(source: ModelSource, info: DataInfo, flag: str) -> nn.Module:
     """A teacher model (timm name, saved dir or checkpoint) that predicts the data's classes, in eval mode."""
+    if not source.pretrained and not os.path.exists(source.model):
+        # Offline tests build teachers by name on purpose; a user almost never means a random teacher.
+        print(f"vitcompress: note: {flag} {source.model} is a timm name without {flag}-pretrained, so it starts "
+              f"from random weights; add {flag}-pretrained to distil from timm's pretrained model", file=sys.stderr)
     teacher, _ = source.resolve()
     if getattr(teacher, "num_classes", None) != info.num_classes:
         raise VitCompressError(
