@@ -14,7 +14,7 @@ Timing runs in rounds; in each round every (threads, batch) setting times every 
 step first, then `--steps` timed steps, median), so load from other processes spreads over all rows. A ratio is
 row / plain of the same round, median over rounds. Writes the `train-step-cost` section of BENCHMARKS.md.
 
-    python benchmarks/train_step_cost.py            # batch 8 and 16, 1 and 2 threads, 2 rounds (about 10 min on 2 cores)
+    python benchmarks/train_step_cost.py            # batch 8 and 16, 1 and 2 threads, 2 rounds (~10 min, 2 cores)
     python benchmarks/train_step_cost.py --quick    # batch 8, 2 threads, 1 round, 1 timed step: checks the script
 """
 
@@ -139,7 +139,8 @@ def table(args: argparse.Namespace, meas: dict[str, Any]) -> list[dict[str, str]
             for b in args.batches:
                 samples = meas["seconds"][f"b{b}t{t}"]
                 row[f"b{b} t{t} (s)"] = f"{statistics.median(samples[name]):.3f}"
-                row[f"b{b} t{t} ×plain"] = "1.00×" if name == "plain" else f"{statistics.median(ratios(samples, name)):.2f}×"
+                ratio = 1.0 if name == "plain" else statistics.median(ratios(samples, name))
+                row[f"b{b} t{t} ×plain"] = f"{ratio:.2f}×"
         rows.append(row)
     return rows
 
