@@ -18,8 +18,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 from torch.testing import assert_close
-
-from vitcompress.train.loop import TIMING_KEYS
+from train_toys import untimed_records
 
 TINY = ["--model-args", "img_size=16", "patch_size=4", "embed_dim=32", "depth=2", "num_heads=2", "num_classes=10"]
 RUN = ["--data", "digits", "--batch-size", "32", "--seed", "1", "--no-progress", "--log-every", "1",
@@ -78,19 +77,9 @@ def _kill_mid_epoch(cmd: list[str], out: Path, after_step: int) -> None:
     assert not (out / "model.safetensors").exists()
 
 
-def _records(out: Path) -> list[dict]:
-    records = []
-    for line in (out / "metrics.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        for key in TIMING_KEYS:
-            record.pop(key, None)
-        records.append(record)
-    return records
-
-
 def _assert_same_run(a: Path, b: Path) -> None:
     assert_close(load_file(b / "model.safetensors"), load_file(a / "model.safetensors"), rtol=0, atol=0)
-    assert _records(b) == _records(a)
+    assert untimed_records(b) == untimed_records(a)
 
 
 def _crash_and_resume(tmp_path: Path, args: list[str], launcher=_cli, after_step: int = STEPS_PER_EPOCH + 4):

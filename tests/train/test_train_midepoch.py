@@ -9,14 +9,13 @@ import pytest
 import torch
 from torch.testing import assert_close
 from torch.utils.data import DataLoader
-from train_toys import tiny_vit, toy_dataset
+from train_toys import tiny_vit, toy_dataset, untimed_records
 
 from vitcompress.data.samplers import EpochSampler, SeededDataset
 from vitcompress.errors import VitCompressError
 from vitcompress.train import CrossEntropyObjective, TrainConfig, fit, load_checkpoint
 from vitcompress.train.checkpoint import step_checkpoints
 from vitcompress.train.interrupt import TrainingInterrupted
-from vitcompress.train.loop import TIMING_KEYS
 
 CFG = TrainConfig(epochs=2, lr=2e-3, min_lr=1e-4, warmup_epochs=0.5, log_every=1, ema_decay=0.8, seed=3,
                   checkpoint_every_steps=2, checkpoint_hist=2)
@@ -60,16 +59,6 @@ class StopAfter:
         return self.base(model, images, targets)
 
 
-def records(run_dir):
-    out = []
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        for key in TIMING_KEYS:
-            record.pop(key, None)
-        out.append(record)
-    return out
-
-
 def test_mid_epoch_resume_is_bit_exact_with_noisy_data_and_dropout(tmp_path):
     straight = tiny_vit(seed=0, drop_path_rate=0.2)
     h_straight = fit(straight, epoch_loader(), epoch_loader(), CrossEntropyObjective(), CFG, tmp_path / "a",
@@ -85,7 +74,7 @@ def test_mid_epoch_resume_is_bit_exact_with_noisy_data_and_dropout(tmp_path):
                     resume=True, progress=False)
     assert_close(resumed.state_dict(), straight.state_dict(), rtol=0, atol=0)
     assert_close(h_resumed.ema_model.state_dict(), h_straight.ema_model.state_dict(), rtol=0, atol=0)
-    assert records(tmp_path / "b") == records(tmp_path / "a")  # epoch means include the pre-crash steps
+    assert untimed_records(tmp_path / "b") == untimed_records(tmp_path / "a")  # epoch means include the pre-crash steps
 
 
 def test_workers_give_the_same_run(tmp_path):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import timm
 import torch
 from torch import nn
@@ -37,3 +40,11 @@ def toy_dataset(n: int = 64, seed: int = 0) -> TensorDataset:
 
 def toy_loader(n: int = 64, batch_size: int = 16, shuffle: bool = True) -> DataLoader:
     return DataLoader(toy_dataset(n), batch_size=batch_size, shuffle=shuffle)
+
+
+def untimed_records(run_dir: Path) -> list[dict]:
+    """A run's metrics.jsonl without the fields that measure time, which differ between identical runs."""
+    from vitcompress.train.loop import TIMING_KEYS
+
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in records]
