@@ -10,13 +10,17 @@ widths; a real search's masks are at least as regular). For each budget B of the
     slim        `select(macs=B)` (share mode) over attention + MLP masks, `extract`
     slim_eq     the same with `equal_heads=True`: every head of a layer keeps the same number of dims
     slim_tokens attention + MLP + token masks, `select(macs=B)`, `extract` (tokens gathered where they drop)
+    slim_m8     `select(macs=B, multiple_of=8)`: every head width and MLP width a multiple of 8 (hardware-aligned)
     uniform     every layer keeps the same k dims per head and m MLP units (largest ℓ1 first), as in the digits
                 benchmark: a plain timm-shaped model, the reference for what a width cut can gain
+    tp          Torch-Pruning's Taylor importance (global ranking) at the same MACs, its own pruned timm model
+                (gradients of CE on seeded random images: latency depends on the structure only)
 
-and every model is timed with `vitcompress.metrics.measure_latency` at batch 1 and 32, in shuffled rounds.
-Writes the `slim-latency` section of BENCHMARKS.md.
+and every model is timed with `vitcompress.metrics.measure_latency` at batch 1 and 32, in shuffled rounds, in each
+runtime: torch eager, `torch.compile` (compiled once per model) and onnxruntime (exported once per model with
+`vc.export_onnx`, which checks the graph against torch). Writes the `slim-latency` section of BENCHMARKS.md.
 
-    python benchmarks/slim_latency.py            # DeiT-Ti and DeiT-S, 5 rounds (about 25 min on 2 CPU cores)
+    python benchmarks/slim_latency.py            # DeiT-Ti and DeiT-S, 3 runtimes, 3 rounds (hours on 2 CPU cores)
     python benchmarks/slim_latency.py --quick    # DeiT-Ti, 1 round: checks the script, not the numbers
 """
 
@@ -39,9 +43,13 @@ SECTION = "slim-latency"
 VARIANTS = {
     "slim": "ViT-Slim (attention + MLP)",
     "slim_eq": "ViT-Slim (attention + MLP), equal heads",
+    "slim_m8": "ViT-Slim (attention + MLP), multiple_of=8",
     "slim_tokens": "ViT-Slim (attention + MLP + tokens)",
     "uniform": "uniform ℓ1 magnitude",
+    "tp": "Torch-Pruning (Taylor)",
 }
+SLIM_VARIANTS = ("slim", "slim_eq", "slim_m8", "slim_tokens")
+RUNTIMES = ("eager", "compile", "onnxruntime")
 
 
 def random_masks(masked: Any, seed: int) -> Any:
@@ -58,7 +66,8 @@ def random_masks(masked: Any, seed: int) -> Any:
     return masked
 
 
-def build_models(arch: str, budgets: list[float], seed: int) -> tuple[dict[str, Any], dict[str, dict]]:
+def build_models(arch: str, budgets: list[float], seed: int, variants: list[str]
+                 ) -> tuple[dict[str, Any], dict[str, dict]]:
     """The teacher and every variant at every budget, with each selection's info."""
     import timm
     import torch
@@ -70,20 +79,52 @@ def build_models(arch: str, budgets: list[float], seed: int) -> tuple[dict[str, 
     size = (3, *teacher.patch_embed.img_size)
     dims = random_masks(vc.attach_masks(teacher, vc.SlimConfig(attn=True, mlp=True, tokens=False)), seed)
     tokens = random_masks(vc.attach_masks(teacher, vc.SlimConfig(attn=True, mlp=True, tokens=True)), seed)
+    makers = {
+        "slim": lambda b: (dims, vc.select(dims, macs=b)),
+        "slim_eq": lambda b: (dims, vc.select(dims, macs=b, equal_heads=True)),
+        "slim_m8": lambda b: (dims, vc.select(dims, macs=b, multiple_of=8)),
+        "slim_tokens": lambda b: (tokens, vc.select(tokens, macs=b)),
+        "uniform": lambda b: (teacher, _baselines.uniform_selection(teacher, b)),
+        "tp": lambda b: torch_pruning(teacher, b, size, seed),
+    }
     models, infos = {"teacher": (teacher, size)}, {}
     for budget in budgets:
-        selections = {
-            "slim": (dims, vc.select(dims, macs=budget)),
-            "slim_eq": (dims, vc.select(dims, macs=budget, equal_heads=True)),
-            "slim_tokens": (tokens, vc.select(tokens, macs=budget)),
-            "uniform": (teacher, _baselines.uniform_selection(teacher, budget)),
-        }
-        for variant, (source, sel) in selections.items():
+        for variant in variants:
             name = f"{variant}/{budget:.0%}"
-            models[name] = (vc.extract(source, sel).eval(), size)
+            source, sel = makers[variant](budget)
+            models[name] = (vc.extract(source, sel).eval() if variant != "tp" else source, size)
             infos[name] = {k: v for k, v in sel.info.items() if k in ("macs_ratio", "shares", "attn_share",
-                                                                       "mlp_share")}
+                                                                       "mlp_share", "pruning_ratio")}
     return models, infos
+
+
+def torch_pruning(teacher: Any, budget: float, size: tuple[int, ...], seed: int) -> tuple[Any, Any]:
+    """Torch-Pruning's own model at `budget` of the MACs (Taylor importance on CE gradients of seeded random
+    images: the structure, not the accuracy, is what latency measures) and the selection read off it."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    batches = [(torch.randn(4, *size, generator=gen), torch.randint(0, teacher.num_classes, (4,), generator=gen))
+               for _ in range(2)]
+    model, selection, _ = _baselines.taylor_prune(teacher, batches, budget, size, batches[0][0][:2])
+    return model, selection
+
+
+def runners_for(models: dict[str, Any], runtime: str, work: Path) -> dict[str, Any] | None:
+    """What `measure_latency` times in `runtime`: the models themselves (eager), each compiled once, or each
+    exported once to ONNX (checked against torch by `export_onnx`)."""
+    import torch
+
+    import vitcompress as vc
+
+    if runtime == "eager":
+        return None
+    if runtime == "compile":
+        return {name: torch.compile(m) for name, (m, _) in models.items()}
+    work.mkdir(parents=True, exist_ok=True)
+    return {name: str(vc.export_onnx(m, work / (name.replace("/", "_").replace("%", "") + ".onnx"),
+                                     input_size=size).path)
+            for name, (m, size) in models.items()}
 
 
 def table(args: argparse.Namespace, meas: dict, threads: int) -> list[dict[str, str]]:
@@ -109,10 +150,10 @@ def table(args: argparse.Namespace, meas: dict, threads: int) -> list[dict[str, 
     return [{c: r.get(c, "") for c in columns} for r in rows]
 
 
-def target_lines(args: argparse.Namespace, arch: str, meas: dict, threads: int) -> list[str]:
+def target_lines(args: argparse.Namespace, arch: str, meas: dict, threads: int, runtime: str) -> list[str]:
     full = meas["models"]["teacher"]["macs"]
     out = []
-    for variant in VARIANTS:
+    for variant in args.variants:
         cells = []
         for budget in args.budgets:
             name = f"{variant}/{budget:.0%}"
@@ -120,10 +161,47 @@ def target_lines(args: argparse.Namespace, arch: str, meas: dict, threads: int) 
             cells += [(budget, b, statistics.median(speedups(meas, name, b, threads)) / ratio) for b in args.batches]
         met = all(e >= 0.9 for *_, e in cells)
         detail = "; ".join(f"{budget:.0%} b{b}: {e:.3f}" for budget, b, e in cells)
-        verdict = ("(reference, not a target: a timm-shaped cut of the same MACs)" if variant == "uniform" else
+        verdict = ("(reference, not a target)" if variant not in SLIM_VARIANTS else
                    "**met**" if met else "**NOT met**")
-        out.append(f"- {arch}, {VARIANTS[variant]}, {threads} thread(s): speedup ≥ 0.9 × MACs ratio "
+        out.append(f"- {arch}, {runtime}, {VARIANTS[variant]}, {threads} thread(s): speedup ≥ 0.9 × MACs ratio "
                    f"{verdict} — {detail}.")
+    return out
+
+
+def best_runtime_lines(args: argparse.Namespace, arch: str, by_runtime: dict[str, dict], batch: int = 32
+                       ) -> list[str]:
+    """Issue 10's targets: at batch 32, speedup ≥ 0.9 × MACs ratio in the best runtime (speedup against the
+    teacher in that runtime), and ViT-Slim never slower than the uniform cut at equal MACs (same runtime)."""
+    if batch not in args.batches:
+        return []
+    out = []
+    for t in args.threads:
+        for variant in [v for v in args.variants if v in SLIM_VARIANTS]:
+            best = {}  # budget -> (speedup / MACs ratio, runtime) of the runtime where it is highest
+            for budget in args.budgets:
+                name = f"{variant}/{budget:.0%}"
+                best[budget] = max((statistics.median(speedups(m, name, batch, t))
+                                    * m["models"][name]["macs"] / m["models"]["teacher"]["macs"], rt)
+                                   for rt, m in by_runtime.items())
+            met = all(e >= 0.9 for e, _ in best.values())
+            detail = "; ".join(f"{b:.0%}: {e:.2f} ({rt})" for b, (e, rt) in best.items())
+            out.append(f"- {arch}, b{batch}, {t} thread(s), {VARIANTS[variant]}: speedup ≥ 0.9 × MACs ratio in the "
+                       f"best runtime {'**met**' if met else '**NOT met**'} — {detail}.")
+    if "uniform" not in args.variants:
+        return out
+    slower = []
+    for rt, m in by_runtime.items():
+        for t in args.threads:
+            for b in args.batches:
+                for budget in args.budgets:
+                    uniform = statistics.median(m["models"][f"uniform/{budget:.0%}"][key(b, t)])
+                    for variant in [v for v in args.variants if v in SLIM_VARIANTS]:
+                        ms = statistics.median(m["models"][f"{variant}/{budget:.0%}"][key(b, t)])
+                        if ms > uniform:
+                            slower.append(f"{rt} b{b} t{t} {variant} {budget:.0%}: {ms / uniform:.2f}×")
+    out.append(f"- {arch}: ViT-Slim never slower than the uniform cut at equal MACs (median latency) "
+               f"{'**met**' if not slower else '**NOT met**'}"
+               + (f" — slower in {len(slower)} cell(s): {'; '.join(slower)}." if slower else "."))
     return out
 
 
@@ -138,23 +216,31 @@ def render(args: argparse.Namespace, command: str, results: dict[str, dict], tot
         "layout. Per budget: ViT-Slim `select(macs=B)` (share mode) + `extract` over attention + MLP masks "
         "(ragged heads: one SDPA call per distinct head width in a layer); the same with `equal_heads=True` (one "
         "SDPA call per layer); with token masks too (the kept tokens are gathered where they drop); and the "
-        "uniform ℓ1 cut (same k dims per head and m MLP units in every layer, as in the digits benchmark). "
+        "uniform ℓ1 cut (same k dims per head and m MLP units in every layer, as in the digits benchmark); "
+        "`select(macs=B, multiple_of=8)` (every head and MLP width a multiple of 8); and Torch-Pruning's own "
+        "Taylor-pruned model at the same MACs. Runtimes: torch eager, `torch.compile` (one compilation per model, "
+        "untimed warm-up) and onnxruntime (one `vc.export_onnx` per model, checked against torch). "
         f"`vitcompress.metrics.measure_latency`, {args.min_run_time} s timed per cell, {args.rounds} rounds over all "
-        "models of an architecture in shuffled order; a cell is the median over rounds [min–max]; speedup = "
-        "teacher / model latency in the same round, median over rounds.",
+        "models of an architecture in shuffled order, per runtime; a cell is the median over rounds [min–max]; "
+        "speedup = teacher / model latency in the same round and runtime, median over rounds.",
         "",
     ]
     for arch, res in results.items():
-        meas = res["measurements"]
-        lb, la = meas["load_before"], meas["load_after"]
-        for t in args.threads:
-            lines += [f"**{arch}**, {t} thread(s):", "", markdown_table(table(args, meas, t)), ""]
-        lines += [f"Load average (1/5/15 min) {lb[0]:.2f}/{lb[1]:.2f}/{lb[2]:.2f} before and "
-                  f"{la[0]:.2f}/{la[1]:.2f}/{la[2]:.2f} after the {arch} rounds.", ""]
-    lines += ["Targets (from the product issue: latency speedup ≥ 0.9 × MACs ratio):", ""]
+        for runtime, meas in res["measurements"].items():
+            lb, la = meas["load_before"], meas["load_after"]
+            for t in args.threads:
+                lines += [f"**{arch}**, {runtime}, {t} thread(s):", "", markdown_table(table(args, meas, t)), ""]
+            lines += [f"Load average (1/5/15 min) {lb[0]:.2f}/{lb[1]:.2f}/{lb[2]:.2f} before and "
+                      f"{la[0]:.2f}/{la[1]:.2f}/{la[2]:.2f} after the {arch} {runtime} rounds.", ""]
+    lines += ["Targets (issue 10: at batch 32, speedup ≥ 0.9 × MACs ratio in the best runtime; ViT-Slim never "
+              "slower than the uniform cut at equal MACs):", ""]
     for arch, res in results.items():
-        for t in args.threads:
-            lines += target_lines(args, arch, res["measurements"], t)
+        lines += best_runtime_lines(args, arch, res["measurements"])
+    lines += ["", "Per runtime and batch size (speedup ≥ 0.9 × MACs ratio):", ""]
+    for arch, res in results.items():
+        for runtime, meas in res["measurements"].items():
+            for t in args.threads:
+                lines += target_lines(args, arch, meas, t, runtime)
     lines += ["", f"This invocation took {total_s / 60:.1f} min."]
     return "\n".join(lines)
 
@@ -167,7 +253,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--budgets", type=float, nargs="+", help="MACs budgets (default: 0.8 0.6 0.4)")
     p.add_argument("--batches", type=int, nargs="+", default=[1, 32], help="batch sizes (default: 1 32)")
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch CPU threads (default: 1 2)")
-    p.add_argument("--rounds", type=int, help="latency rounds over all models (default: 5; --quick: 1)")
+    p.add_argument("--rounds", type=int, help="latency rounds over all models (default: 3; --quick: 1)")
+    p.add_argument("--runtimes", nargs="+", choices=RUNTIMES, default=list(RUNTIMES), help="runtimes to time in")
+    p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
+                   help="pruned variants to build (the teacher is always timed)")
     p.add_argument("--min-run-time", type=float, default=0.5, help="seconds timed per latency cell")
     p.add_argument("--seed", type=int, default=0, help="seed of the random mask values")
     p.add_argument("--md", type=Path, help="Markdown file to write the section into (default: BENCHMARKS.md; "
@@ -176,7 +265,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.archs = args.archs or (["deit_tiny_patch16_224"] if args.quick else
                                 ["deit_tiny_patch16_224", "deit_small_patch16_224"])
     args.budgets = args.budgets or ([0.6] if args.quick else [0.8, 0.6, 0.4])
-    args.rounds = args.rounds or (1 if args.quick else 5)
+    args.rounds = args.rounds or (1 if args.quick else 3)
     args.md = args.md or (Path("out/bench-slim-latency-quick/BENCHMARKS.md") if args.quick else Path("BENCHMARKS.md"))
     return args
 
@@ -189,10 +278,16 @@ def main(argv: list[str] | None = None) -> None:
     results = {}
     for arch in args.archs:
         print(f"{arch}: building", flush=True)
-        models, infos = build_models(arch, args.budgets, args.seed)
-        meas = measure_models(models, args.rounds, args.threads, args.min_run_time, tuple(args.batches),
-                              warmup=few_warmups_for_big_batches)
-        results[arch] = {"measurements": meas, "selections": infos}
+        models, infos = build_models(arch, args.budgets, args.seed, args.variants)
+        by_runtime = {}
+        for runtime in args.runtimes:
+            print(f"{arch}: {runtime}", flush=True)
+            runners = runners_for(models, runtime, args.md.parent / "onnx" / arch)
+            by_runtime[runtime] = measure_models(models, args.rounds, args.threads, args.min_run_time,
+                                                 tuple(args.batches), warmup=few_warmups_for_big_batches,
+                                                 runners=runners, runtime=None if runners is None else
+                                                 ("onnxruntime" if runtime == "onnxruntime" else "eager"))
+        results[arch] = {"measurements": by_runtime, "selections": infos}
     body = render(args, command, results, time.perf_counter() - start)
     out = args.md.parent / "slim_latency.json" if args.quick else Path("out/bench-slim-latency/results.json")
     out.parent.mkdir(parents=True, exist_ok=True)

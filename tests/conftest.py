@@ -1,7 +1,8 @@
-"""Tiny timm ViT variants shared by the multiplex and export tests.
+"""Tiny timm ViT variants shared by the multiplex and export tests (`make_vit`, `variant`), and one torch thread.
 
 Each variant exercises one token layout or block option of timm's VisionTransformer family; all of them are built
-tiny (32×32 images, 8×8 patches → a 4×4 grid) so a forward pass costs milliseconds.
+tiny (32×32 images, 8×8 patches → a 4×4 grid) so a forward pass costs milliseconds. The table itself is
+tests/families/table.py, with a row per model family.
 """
 
 from __future__ import annotations
@@ -9,39 +10,24 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-import timm
 import torch
+from families.table import VIT_VARIANTS, build_vit, perturb_
 from torch import nn
 
-TINY = dict(img_size=32, patch_size=8, embed_dim=32, depth=3, num_heads=2, num_classes=10)
-
-# name -> (timm architecture, overrides of TINY)
-VARIANTS: dict[str, tuple[str, dict]] = {
-    "vit": ("vit_tiny_patch16_224", {}),
-    "deit_distilled": ("deit_tiny_distilled_patch16_224", dict(embed_dim=48, num_heads=3)),
-    "deit3_layerscale": ("deit3_small_patch16_224", dict(embed_dim=64, num_heads=4, depth=2)),
-    "reg4_gap_fc_norm": ("vit_base_patch16_reg4_gap_256", {}),
-    "reg_tokens": ("vit_tiny_patch16_224", dict(reg_tokens=4, depth=4)),
-    "avg_pool_no_cls": ("vit_tiny_patch16_224", dict(class_token=False, global_pool="avg")),
-    "qk_norm": ("vit_tiny_patch16_224", dict(qk_norm=True, embed_dim=64, num_heads=4, depth=2)),
-}
+# The ViT variants live in the one table of tiny models (tests/families/table.py) with the other families' rows.
+VARIANTS = VIT_VARIANTS
 
 
-def build_vit(variant: str = "vit", seed: int = 0, **overrides) -> nn.Module:
-    """A tiny, randomly initialised (seeded) timm model of `variant`, in eval mode."""
-    arch, variant_overrides = VARIANTS[variant]
-    torch.manual_seed(seed)
-    model = timm.create_model(arch, pretrained=False, **{**TINY, **variant_overrides, **overrides})
-    return model.eval()
-
-
-def perturb_(model: nn.Module, scale: float = 0.05, seed: int = 2) -> nn.Module:
-    """Add seeded noise to every parameter, so identity-initialised transforms stop being identities."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(scale * torch.randn(p.shape, generator=gen))
-    return model
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    # The models are tiny: on a shared 2-core machine extra intra-op threads spin and wait instead of helping
+    # (one thread is ~10x faster here when other processes run). Tests that time threads set their own.
+    # Session scope: it must hold before any module-scoped fixture trains a model, or a run compared with that
+    # one would use another thread count (and another float summation order).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(params=list(VARIANTS))

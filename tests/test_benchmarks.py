@@ -29,3 +29,23 @@ def test_gpu_check_refuses_to_run_without_cuda_unless_dry(tmp_path):
     result = subprocess.run([sys.executable, str(SCRIPT), "--work", str(tmp_path)], capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 2 and "--dry-run" in result.stderr
+
+
+LATENCY = Path(__file__).resolve().parents[1] / "benchmarks" / "slim_latency.py"
+
+
+@pytest.mark.slow
+def test_slim_latency_quick_runs_every_runtime(tmp_path):
+    # Structure only: every runtime's table has the teacher and each variant, and the target lines are written.
+    md = tmp_path / "BENCHMARKS.md"
+    args = ["--quick", "--batches", "1", "--threads", "1", "--min-run-time", "0.02", "--variants", "slim_m8", "tp",
+            "--md", str(md)]
+    result = subprocess.run([sys.executable, str(LATENCY), *args], capture_output=True, text=True, timeout=1500)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    text = md.read_text()
+    for runtime in ("eager", "compile", "onnxruntime"):
+        section = text.split(f"**deit_tiny_patch16_224**, {runtime}, 1 thread(s):", 1)[1].split("Load average")[0]
+        for row in ("| teacher", "multiple_of=8, 60% MACs", "Torch-Pruning (Taylor), 60% MACs"):
+            assert row in section
+        assert f"deit_tiny_patch16_224, {runtime}, ViT-Slim (attention + MLP), multiple_of=8, 1 thread(s)" in text
+    assert len(list((tmp_path / "onnx" / "deit_tiny_patch16_224").glob("*.onnx"))) == 3

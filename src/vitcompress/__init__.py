@@ -5,6 +5,7 @@ Public verbs (each returns a new module and leaves its input untouched):
     attach_masks(model, SlimConfig)     ViT-Slim soft masks; then select(masked, macs=0.6) -> extract(masked, sel)
     profile(model, input_size)          params and MACs (attention matmuls counted)
     save(model, dir) / load(dir)        safetensors + JSON architecture spec
+    export_onnx(model, path)            ONNX with a dynamic batch axis, checked in onnxruntime against torch
 
 Attributes are imported on first use, so `import vitcompress` stays cheap (no timm, no torch import).
 """
@@ -29,6 +30,8 @@ _EXPORTS = {
     "evaluate": "vitcompress.metrics.accuracy",
     "save": "vitcompress.export.io",
     "load": "vitcompress.export.io",
+    "export_onnx": "vitcompress.export.onnx",
+    "OnnxExport": "vitcompress.export.onnx",
     "build_loaders": "vitcompress.data",
     "TrainConfig": "vitcompress.train.config",
     "fit": "vitcompress.train.loop",
@@ -41,6 +44,7 @@ _EXPORTS = {
     "Selection": "vitcompress.slim.selection",
     "binarize": "vitcompress.slim.extraction",
     "extract": "vitcompress.slim.extraction",
+    "compress": "vitcompress.jobs.compress",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -62,6 +66,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from vitcompress.data import build_loaders
     from vitcompress.errors import VitCompressError
     from vitcompress.export.io import load, save
+    from vitcompress.export.onnx import OnnxExport, export_onnx
+    from vitcompress.jobs.compress import compress
     from vitcompress.metrics.accuracy import evaluate
     from vitcompress.metrics.latency import measure_latency
     from vitcompress.metrics.macs import count_macs

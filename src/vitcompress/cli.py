@@ -16,22 +16,32 @@ from typing import Any
 from vitcompress.cli_args import add_job_args, given_args, job_kwargs, load_recipe
 from vitcompress.errors import VitCompressError
 
-# command -> (job function, help, takes a --config recipe, prints report.md)
+# command -> (job function, help, takes a --config recipe)
 COMMANDS = {
     "train": ("vitcompress.jobs.train:train_job", "train or fine-tune a plain timm model", True),
     "multiplex": ("vitcompress.jobs.multiplex:multiplex_job",
                   "MiniViT: share weights across layers, train by weight distillation", True),
     "slim search": ("vitcompress.jobs.slim:search_job",
                     "train masks and weights with the sparsity loss; write the budget curve", True),
+    "slim extract": ("vitcompress.jobs.slim:extract_job",
+                     "select a budget from a search and save the physically smaller model", False),
     "finetune": ("vitcompress.jobs.finetune:finetune_job",
                  "retrain a saved (e.g. extracted) model: CE + optional logit KD", True),
     "eval": ("vitcompress.jobs.inspect:eval_job", "top-1/top-5 of a model on a dataset's validation split", False),
     "profile": ("vitcompress.jobs.inspect:profile_job",
                 "params, MACs (attention counted) and optionally CPU latency", False),
+    "export": ("vitcompress.jobs.export:export_job",
+               "write a model as ONNX (dynamic batch), kept only if onnxruntime matches torch", False),
+    "compress": ("vitcompress.jobs.compress:compress_job",
+                 "teacher + target -> multiplex + distil (params), slim search + extract (MACs), KD fine-tune", True),
+    "report": ("vitcompress.jobs.report:report_job",
+               "draw a run's figures and per-layer widths into its report.md (every job also does it)", False),
     "demo": ("vitcompress.jobs.demo:demo_job",
              "train a small teacher on digits, multiplex it, print teacher vs student", False),
 }
-TRAINING = ("train", "multiplex", "slim search", "finetune")
+TRAINING = ("train", "multiplex", "slim search", "finetune", "compress")
+REPORTS = (*TRAINING, "slim extract")
+"""The commands that print the report.md they wrote to <out>."""
 
 
 def job_of(command: str):
@@ -72,48 +82,10 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p = sub.add_parser("slim", help="ViT-Slim: search soft masks, then extract any budget from the search")
     slim = p.add_subparsers(dest="slim_command", required=True)
     _add(slim, "search", "slim search", derive("slim search"))
-    p = slim.add_parser("extract", help="select a budget from a search and save the physically smaller model")
-    p.add_argument("--search", required=True, help="output directory of `vitcompress slim search`")
-    budget = p.add_mutually_exclusive_group(required=True)
-    budget.add_argument("--macs", type=float, help="target MACs as a fraction of the original, e.g. 0.6")
-    budget.add_argument("--params", type=float, help="target params as a fraction of the original, e.g. 0.6")
-    budget.add_argument("--dims", nargs="+", metavar="TYPE=SHARE",
-                        help="share each mask type keeps, e.g. attn=0.7 mlp=0.7 tokens=0.9")
-    p.add_argument("--mode", choices=["share", "joint"], default="share",
-                   help="for --macs/--params: the same share for every mask type, or one joint threshold")
-    p.add_argument("--equal-heads", action="store_true",
-                   help="every head of a layer keeps the same number of dims: one attention call per layer, "
-                        "faster on small models")
-    p.add_argument("--latency", action="store_true", help="also time original and extracted on CPU (batch 1, 32)")
-    p.add_argument("-o", "--out", required=True, help="output directory for the extracted model")
-    for name in ("finetune", "eval", "profile", "demo"):
+    _add(slim, "extract", "slim extract", derive("slim extract"))
+    for name in ("finetune", "compress", "eval", "profile", "export", "report", "demo"):
         _add(sub, name, name, derive(name))
     return parser
-
-
-def _parse_dims(items: list[str] | None) -> dict[str, float] | None:
-    """["attn=0.7", "mlp=0.7"] -> {"attn": 0.7, "mlp": 0.7}."""
-    if items is None:
-        return None
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        try:
-            out[key.strip()] = float(value)
-        except ValueError:
-            sep = ""
-        if not sep or not key:
-            raise VitCompressError(f"--dims {item!r} is not TYPE=SHARE; write e.g. --dims attn=0.7 mlp=0.7")
-    return out
-
-
-def _extract(args: argparse.Namespace) -> Any:
-    from vitcompress.jobs.slim import extract_job
-
-    result = extract_job(args.search, args.out, macs=args.macs, params=args.params, dims=_parse_dims(args.dims),
-                         mode=args.mode, equal_heads=args.equal_heads, latency=args.latency)
-    print((Path(args.out) / "report.md").read_text())
-    return result
 
 
 def run(argv: list[str] | None = None) -> Any:
@@ -121,19 +93,21 @@ def run(argv: list[str] | None = None) -> Any:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser(argv).parse_args(argv)
     command = f"slim {args.slim_command}" if args.command == "slim" else args.command
-    if command == "slim extract":
-        return _extract(args)
     fn = job_of(command)
     config = getattr(args, "config", None)
     kwargs = job_kwargs(fn, load_recipe(config), given_args(fn, args), where=f"recipe {config}")
     result = fn(**kwargs)
-    if command in TRAINING:
+    if command in REPORTS:
         if result:  # rank 0 only: the other ranks return an empty report
             print((Path(kwargs["out"]) / "report.md").read_text())
     elif command == "eval":
         print(" | ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in result.items()))
     elif command == "profile":
+        print("\n".join(map(str, result)))  # one line per batch size
+    elif command == "export":
         print(result)
+    elif command == "report":
+        print("\n".join(result))
     return result
 
 

@@ -125,7 +125,7 @@ def test_data_info_round_trips_through_json() -> None:
     assert DataInfo.from_dict(json.loads(json.dumps(info.to_dict()))) == info
 
 
-def test_import_stays_lean() -> None:
+def test_importing_data_loads_neither_sklearn_nor_datasets() -> None:
     # timm is left out: the top-level package may import it for the models; these two only data needs.
     code = "import sys, vitcompress.data; print([m for m in ('sklearn', 'datasets') if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

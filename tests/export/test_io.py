@@ -19,7 +19,8 @@ import vitcompress as vc
 from vitcompress.errors import VitCompressError
 from vitcompress.export import io, read_spec
 
-MUX_VARIANTS = ["vit", "deit_distilled", "deit3_layerscale", "reg4_gap_fc_norm", "avg_pool_no_cls"]
+MUX_VARIANTS = ["vit", "deit_distilled", "deit3_layerscale", "reg4_gap_fc_norm", "avg_pool_no_cls", "swiglu",
+                "glu_packed", "res_post"]
 
 
 def outputs(model: nn.Module, images: torch.Tensor) -> torch.Tensor:

@@ -11,10 +11,10 @@ from vitcompress.metrics import LatencyResult, measure_latency
 def test_runs_and_reports_positive_times(vit: nn.Module) -> None:
     vit.train()
     threads_before = torch.get_num_threads()
-    result = measure_latency(vit, (3, 32, 32), batch_size=2, threads=1, min_run_time=0.05)
+    result = measure_latency(vit, (3, 32, 32), batch_size=2, threads=2, min_run_time=0.05)
     assert isinstance(result, LatencyResult)
     assert result.median_ms > 0 and result.iqr_ms >= 0
-    assert (result.batch_size, result.threads) == (2, 1)
+    assert (result.batch_size, result.threads) == (2, 2)
     assert result.per_image_ms == pytest.approx(result.median_ms / 2)
     assert torch.get_num_threads() == threads_before
     assert vit.training

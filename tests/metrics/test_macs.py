@@ -188,3 +188,15 @@ def test_bad_batch_size(vit: nn.Module, batch_size) -> None:
 def test_wrong_input_size_fails_before_forward(vit: nn.Module) -> None:
     with pytest.raises(VitCompressError, match=r"pass input_size=\(3, 32, 32\)"):
         count_macs(vit)
+
+
+def test_an_attention_pooling_head_is_counted_and_leaves_requires_grad_alone() -> None:
+    # timm's MAP head passes its latent query parameter straight to a Linear, which FlopCounterMode's module tracker
+    # cannot hook while it requires grad; counting must work anyway and restore every flag.
+    model = timm.create_model("vit_so400m_patch14_siglip_224", pretrained=False, img_size=28, embed_dim=32, depth=1,
+                              num_heads=2, mlp_ratio=4, num_classes=3)
+    model.blocks[0].norm1.weight.requires_grad_(False)
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    pool = count_macs_by_module(model, (3, 28, 28))["attn_pool"]
+    assert pool > 0 and count_macs(model, (3, 28, 28)) > pool
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == flags

@@ -37,53 +37,6 @@ def count_calls(module: torch.nn.Module) -> list[int]:
     return calls
 
 
-@pytest.mark.parametrize("variant", ["vit", "deit_distilled", "deit3_layerscale", "qk_norm"], indirect=True)
-def test_every_student_parameter_gets_a_gradient(make_vit, variant, images):
-    teacher = make_vit(variant)
-    student = vc.multiplex(teacher, vc.MultiplexConfig(share=2)).train()
-    # hidden_chunk below the token count exercises the checkpointed (recomputed) similarity rows.
-    objective = vc.DistillationObjective(student, teacher, full_config(hidden_chunk=8))
-    optimizer = torch.optim.AdamW(student.parameters(), lr=1e-3)
-    named = dict(student.named_parameters())
-
-    loss, parts = objective(student, images, targets())
-    assert set(parts) == {"ce", *KD_TERMS, "loss"}
-    assert torch.isfinite(loss) and all(map(torch.isfinite, map(torch.tensor, parts.values())))
-    loss.backward()
-    missing = [n for n, p in named.items() if p.grad is None or not torch.isfinite(p.grad).all()]
-    assert not missing, f"no finite gradient for {missing}"
-    # Expected at init: the DW-conv starts at zero, so nothing flows back into its LayerNorm yet.
-    zero = sorted(n for n, p in named.items() if not p.grad.any())
-    assert zero and all(".mlp_transform.norm." in n for n in zero), zero
-    assert all(p.grad is None for p in teacher.parameters())
-    assert not any(m.training for m in teacher.modules())
-
-    optimizer.step()
-    optimizer.zero_grad()
-    loss, _ = objective(student, images, targets())
-    loss.backward()
-    zero = [n for n, p in named.items() if p.grad is None or not p.grad.any()]
-    assert not zero, f"zero gradient on the second step for {zero}"
-    assert all(p.grad is None for p in teacher.parameters())
-
-
-@pytest.mark.parametrize(
-    "variant", ["vit", "deit_distilled", "reg4_gap_fc_norm", "avg_pool_no_cls"], indirect=True
-)
-@pytest.mark.parametrize("mode", ["train", "eval"])
-def test_kd_terms_vanish_for_a_copy_of_the_teacher(make_vit, perturb, variant, mode, images):
-    teacher = make_vit(variant)
-    student = vc.multiplex(teacher, vc.MultiplexConfig(share=1)).train(mode == "train")
-    objective = vc.DistillationObjective(student, teacher, full_config(logits_loss="kl"))
-    _, parts = objective(student, images, targets())
-    for term in KD_TERMS:
-        assert abs(parts[term]) <= 1e-6, (term, parts[term])
-    # ... and they do measure something: a perturbed copy is not a copy.
-    perturb(student)
-    _, parts = objective(student, images, targets())
-    assert all(parts[term] > 1e-4 for term in KD_TERMS), parts
-
-
 def test_soft_ce_of_a_copy_is_the_teacher_entropy(make_vit, images):
     teacher = make_vit()
     student = vc.multiplex(teacher, vc.MultiplexConfig(share=1)).train()

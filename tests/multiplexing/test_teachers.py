@@ -18,14 +18,6 @@ from vitcompress.multiplexing.distill import logits_kd
 LOGITS_ONLY = dict(attn_weight=0.0, hidden_weight=0.0)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models on a shared 2-core machine: extra intra-op threads only spin.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def cnn(name: str = "resnet18", num_classes: int = 10, seed: int = 3) -> nn.Module:
     torch.manual_seed(seed)
@@ -96,14 +88,33 @@ def test_relation_terms_with_a_cnn_teacher_are_a_one_line_error(make_vit, term, 
         vc.DistillationObjective(cnn(), make_vit(), vc.DistillConfig(**term))
 
 
-def test_a_teacher_whose_attention_bypasses_the_hooks_is_a_one_line_error(make_vit, images):
-    # BEiT computes qkv with F.linear on the module's weight, so a hook on `qkv` never fires.
+def test_a_beit_teacher_gives_relations_by_projecting_qkv_again(make_vit, images):
+    # BEiT adds its q/v biases in F.linear on qkv's weight, so its qkv module never runs: Q, K, V are projected again.
     torch.manual_seed(0)
     beit = timm.create_model("beit_base_patch16_224", pretrained=False, img_size=32, patch_size=8, embed_dim=32,
                              depth=2, num_heads=2, num_classes=10).eval()
     student = vc.multiplex(make_vit(), vc.MultiplexConfig(share=1))
     objective = vc.DistillationObjective(student, beit, vc.DistillConfig(hidden_weight=0.0))
-    with pytest.raises(VitCompressError, match=r"relation teacher Beit exposed no Q/K/V .* at layers \[1\]"):
+    loss, parts = objective(student, images, torch.arange(2))
+    objective.close()
+    assert torch.isfinite(loss) and parts["kd_attn"] > 0
+
+
+def test_a_teacher_whose_attention_bypasses_the_hooks_is_a_one_line_error(make_vit, images):
+    teacher = make_vit()
+    last = len(teacher.blocks) - 1  # the layer the default relation terms read
+    attn = teacher.blocks[last].attn
+
+    def bypass(x, attn_mask=None, is_causal=False):  # attention without calling qkv, q_norm or k_norm
+        B, N, C = x.shape
+        qkv = F.linear(x, attn.qkv.weight, attn.qkv.bias).reshape(B, N, 3, attn.num_heads, -1).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(*qkv.unbind(0))
+        return attn.proj(out.transpose(1, 2).reshape(B, N, C))
+
+    attn.forward = bypass
+    student = vc.multiplex(make_vit(), vc.MultiplexConfig(share=1))
+    objective = vc.DistillationObjective(student, teacher, vc.DistillConfig(hidden_weight=0.0))
+    with pytest.raises(VitCompressError, match=rf"relation teacher VisionTransformer exposed no Q/K/V .* \[{last}\]"):
         objective(student, images, torch.arange(2))
     objective.close()
 

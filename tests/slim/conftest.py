@@ -1,4 +1,4 @@
-"""Helpers for the ViT-Slim tests: random mask values (no search needed) and one torch thread."""
+"""Helpers for the ViT-Slim tests: random mask values (no search needed)."""
 
 from __future__ import annotations
 
@@ -7,15 +7,6 @@ import torch
 from torch import nn
 
 from vitcompress.slim.attach import mask_tensors
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models on a shared 2-core machine: extra intra-op threads only spin.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def randomize_masks(masked: nn.Module, seed: int = 0) -> nn.Module:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 from torch.testing import assert_close
 
@@ -20,26 +19,6 @@ TRANSFORMS = {
 def multiplexed(make_vit, perturb, variant: str, transforms: str):
     model = make_vit(variant, depth=4)
     return perturb(vc.multiplex(model, vc.MultiplexConfig(share=2, **TRANSFORMS[transforms]))).eval()
-
-
-@pytest.mark.parametrize("variant", ["vit", "qk_norm", "deit_distilled"], indirect=True)
-@pytest.mark.parametrize("transforms", list(TRANSFORMS))
-def test_masks_are_exact_at_init_and_extract_matches_binarize(make_vit, perturb, randomize, variant, transforms,
-                                                               images):
-    mx = multiplexed(make_vit, perturb, variant, transforms)
-    tokens = not TRANSFORMS[transforms]["mlp_transform"]
-    masked = vc.attach_masks(mx, vc.SlimConfig(tokens=tokens)).eval()
-    with torch.no_grad():
-        assert_close(masked(images), mx(images))
-    randomize(masked)
-    for budget in (dict(macs=0.5), dict(dims={"attn": 0.3}), dict(params=0.4, mode="joint"),
-                   dict(macs=0.5, equal_heads=True)):
-        sel = vc.select(masked, **budget)
-        small = vc.extract(masked, sel).eval()
-        with torch.no_grad():
-            assert_close(small(images), vc.binarize(masked, sel)(images))
-        size = (3, *small.patch_embed.img_size)
-        assert (sel.info["macs"], sel.info["params"]) == (vc.count_macs(small, size), vc.count_params(small))
 
 
 def test_one_mask_per_shared_weight_and_sliced_once(make_vit, perturb, randomize):
@@ -70,18 +49,3 @@ def test_removed_heads_keep_their_slot_in_the_head_mixing(make_vit, perturb, ima
         # Dropping head 1 from the mixing instead would not be the same function.
         assert not torch.allclose(expected, mx(images))
     assert sel.cost(structure_of(masked))[0] == vc.count_macs(small, (3, *small.patch_embed.img_size))
-
-
-def test_save_load_masked_and_extracted_multiplexed(make_vit, perturb, randomize, images, tmp_path):
-    mx = multiplexed(make_vit, perturb, "reg_tokens", "attn")
-    masked = randomize(vc.attach_masks(mx, vc.SlimConfig(tokens=True))).eval()
-    vc.save(masked, tmp_path / "masked")
-    again = vc.load(tmp_path / "masked")
-    sel = vc.select(again, macs=0.5)
-    small = vc.extract(again, sel).eval()
-    vc.save(small, tmp_path / "small")
-    loaded = vc.load(tmp_path / "small")
-    with torch.no_grad():
-        assert_close(again(images), masked(images), rtol=0, atol=0)
-        assert_close(loaded(images), small(images), rtol=0, atol=0)
-        assert_close(small(images), vc.binarize(masked, sel)(images))

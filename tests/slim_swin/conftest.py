@@ -58,24 +58,6 @@ def randomize_masks(masked: nn.Module, seed: int = 0) -> nn.Module:
     return masked
 
 
-def perturb_(model: nn.Module, scale: float = 0.05, seed: int = 2) -> nn.Module:
-    """Seeded noise on every parameter, so identity-initialised head mixings and convs stop being identities."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(scale * torch.randn(p.shape, generator=gen))
-    return model
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models on a shared 2-core machine: extra intra-op threads only spin.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(params=list(CONFIGS))
 def swin_config(request: pytest.FixtureRequest) -> str:
     return request.param

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from families.table import perturb_
 from torch.testing import assert_close
 
 import vitcompress as vc
 from vitcompress.models.layers import transformer_layers
 from vitcompress.slim.cost import structure_of
 
-from .conftest import build_swin, perturb_, randomize_masks, size_of, swin_images
+from .conftest import build_swin, randomize_masks, size_of, swin_images
 
 TRANSFORMS = {
     "none": dict(attn_transform=False, mlp_transform=False),
@@ -22,25 +23,6 @@ TRANSFORMS = {
 def multiplexed(config: str, transforms: str, share: int | str = 2):
     mx = vc.multiplex(build_swin(config), vc.MultiplexConfig(share=share, **TRANSFORMS[transforms]))
     return perturb_(mx).eval()  # non-identity head mixings and convs
-
-
-@pytest.mark.parametrize("transforms", list(TRANSFORMS))
-def test_masks_are_exact_at_init_and_extract_matches_binarize(transforms):
-    mx = multiplexed("w4_64", transforms)
-    masked = vc.attach_masks(mx).eval()
-    images = swin_images(mx)
-    with torch.no_grad():
-        assert_close(masked(images), mx(images))
-    randomize_masks(masked)
-    for budget in (dict(macs=0.5), dict(dims={"attn": 0.3}), dict(params=0.4, mode="joint"),
-                   dict(macs=0.5, equal_heads=True)):
-        sel = vc.select(masked, **budget)
-        small = vc.extract(masked, sel).eval()
-        with torch.no_grad():
-            assert_close(small(images), vc.binarize(masked, sel)(images))
-        assert (sel.info["macs"], sel.info["params"]) == (vc.count_macs(small, size_of(small)),
-                                                          vc.count_params(small))
-    assert [s["kind"] for s in small.vitcompress_spec["steps"]] == ["multiplex", "slim"]
 
 
 def test_one_mask_per_shared_group_and_sliced_once():
@@ -79,19 +61,3 @@ def test_removed_heads_and_their_bias_columns(transforms, columns):
         assert_close(small(images), expected)
         assert not torch.allclose(expected, mx(images), atol=1e-3)
     assert sel.cost(structure_of(masked)) == (vc.count_macs(small, size_of(small)), vc.count_params(small))
-
-
-def test_save_load_masked_and_extracted_multiplexed(tmp_path):
-    mx = multiplexed("w4_40_pad", "both")
-    masked = randomize_masks(vc.attach_masks(mx)).eval()
-    vc.save(masked, tmp_path / "masked")
-    again = vc.load(tmp_path / "masked")
-    sel = vc.select(again, macs=0.5)
-    small = vc.extract(again, sel).eval()
-    vc.save(small, tmp_path / "small")
-    loaded = vc.load(tmp_path / "small")
-    images = swin_images(mx)
-    with torch.no_grad():
-        assert_close(again(images), masked(images), rtol=0, atol=0)
-        assert_close(loaded(images), small(images), rtol=0, atol=0)
-        assert_close(small(images), vc.binarize(masked, sel)(images))

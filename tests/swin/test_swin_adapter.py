@@ -63,7 +63,7 @@ def test_unusual_configurations_are_read_back(make_swin, overrides):
 
 def test_family_helpers(make_swin):
     model = make_swin("w4_64")
-    assert family_of(model) == "swin" and num_prefix_tokens(model) == 0
+    assert family_of(model).name == "swin" and num_prefix_tokens(model) == 0
     layers = transformer_layers(model)
     assert len(layers) == 6 and head_dim(layers[2].attn) == 12  # 48 channels, 4 heads
     assert window_layout(layers[1]) == ((16, 16), (4, 4), (2, 2))

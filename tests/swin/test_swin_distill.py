@@ -47,37 +47,6 @@ def test_recorders_see_the_same_windows_in_student_and_teacher(make_swin):
         assert t_rec.hidden[i].shape == (2, h, w, blk.dim)  # block outputs stay (B, H, W, C) maps
 
 
-@pytest.mark.parametrize("mode", ["train", "eval"])
-def test_kd_terms_vanish_for_a_copy_of_the_teacher(make_swin, perturb, mode):
-    teacher = make_swin("w4_64", drop_path_rate=0.0)
-    student = vc.multiplex(teacher, vc.MultiplexConfig(share=1)).train(mode == "train")
-    objective = vc.DistillationObjective(student, teacher, full_config())
-    images = swin_images(teacher)
-    _, parts = objective(student, images, targets())
-    for term in KD_TERMS:
-        assert abs(parts[term]) <= 1e-6, (term, parts[term])
-    perturb(student)  # ... and they do measure something
-    _, parts = objective(student, images, targets())
-    assert all(parts[term] > 1e-4 for term in KD_TERMS), parts
-
-
-def test_every_student_parameter_gets_a_gradient(make_swin):
-    teacher = make_swin("w4_40_pad")
-    student = vc.multiplex(teacher, vc.MultiplexConfig(share="stage")).train()
-    # hidden_chunk below the token count (100 in stage 1) exercises the recomputed similarity rows.
-    objective = vc.DistillationObjective(student, teacher, full_config(hidden_chunk=16))
-    loss, parts = objective(student, swin_images(teacher), targets())
-    assert set(parts) == {"ce", *KD_TERMS, "loss"} and torch.isfinite(loss)
-    loss.backward()
-    named = dict(student.named_parameters())
-    assert any("relative_position_bias_table" in n for n in named)
-    missing = [n for n, p in named.items() if p.grad is None or not torch.isfinite(p.grad).all()]
-    assert not missing, f"no finite gradient for {missing}"
-    zero = sorted(n for n, p in named.items() if not p.grad.any())  # the zero-init DW conv blocks its LayerNorm
-    assert zero and all(".mlp_transform.norm." in n for n in zero), zero
-    assert all(p.grad is None for p in teacher.parameters())
-
-
 def test_hidden_relation_is_exact_in_chunks_on_swin_maps(make_swin):
     teacher = make_swin("w4_64")
     student = vc.multiplex(teacher, vc.MultiplexConfig(share="stage")).train()

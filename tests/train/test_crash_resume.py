@@ -117,6 +117,13 @@ def test_finetune_resumes_exactly_after_sigkill(tmp_path, teacher):
                                  "--epochs", "2"])
 
 
+def test_mixup_and_repeated_augmentation_resume_exactly_after_sigkill(tmp_path, teacher):
+    # The Mixup/CutMix RNG and timm's RepeatAugSampler order are part of what a checkpoint must carry.
+    _crash_and_resume(tmp_path, ["multiplex", "--teacher", str(teacher), "--share", "2", "--kernel-size", "3", *RUN,
+                                 "--epochs", "2", "--mixup", "0.8", "--cutmix", "1.0", "--mixup-switch-prob", "0.5",
+                                 "--aug-repeats", "3", "--smoothing", "0.1"])
+
+
 @pytest.mark.distributed
 def test_two_gloo_ranks_resume_exactly_after_sigkill(tmp_path):
     args = ["train", "--model", "vit_tiny_patch16_224", *TINY, *RUN, "--epochs", "2"]

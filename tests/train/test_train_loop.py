@@ -144,12 +144,12 @@ def test_masks_get_no_weight_decay_in_fit():
         def __init__(self):
             super().__init__()
             self.vit = tiny_vit()
-            self.unused_mask = nn.Parameter(torch.ones(3, 3))
+            self.dim_mask = nn.Parameter(torch.ones(3, 3))
             self.unused_weight = nn.Parameter(torch.ones(3, 3))
 
         def forward(self, x):
             # Zero gradients: any change in these two comes from weight decay alone.
-            return self.vit(x) + 0 * (self.unused_mask.sum() + self.unused_weight.sum())
+            return self.vit(x) + 0 * (self.dim_mask.sum() + self.unused_weight.sum())
 
     model = WithMask()
     fit(
@@ -161,7 +161,7 @@ def test_masks_get_no_weight_decay_in_fit():
         None,
         progress=False,
     )
-    assert torch.equal(model.unused_mask, torch.ones(3, 3))
+    assert torch.equal(model.dim_mask, torch.ones(3, 3))
     assert (model.unused_weight < 1).all()
 
 

@@ -1,4 +1,4 @@
-"""Data: train/val loaders over timm datasets, and the built-in offline `digits` dataset.
+"""Data: train/val loaders over timm datasets, and the built-in offline `digits` and `cluttered-digits` datasets.
 
     train_loader, val_loader, info = build_loaders("digits", input_size=(3, 32, 32), batch_size=64)
     aug = AugmentConfig(aa="rand-m9-mstd0.5-inc1", reprob=0.25, mixup=0.8, cutmix=1.0, smoothing=0.1)
@@ -7,8 +7,9 @@
     )
     mixup = build_mixup(aug, info.num_classes)  # None without Mixup/CutMix; the loss smooths by loss_smoothing(aug)
 
-Spec forms: `digits`; an ImageFolder root (or `folder:<path>`) with `train/` and `val/` class subfolders;
-`hfds:<path>` for a HuggingFace DatasetDict written by `save_to_disk` (needs `pip install 'vitcompress[hf]'`).
+Spec forms: `digits`, `cluttered-digits` (built-in, `digits.py`, `cluttered.py`); an ImageFolder root (or
+`folder:<path>`) with `train/` and `val/` class subfolders; `hfds:<path>` for a HuggingFace DatasetDict written
+by `save_to_disk` (needs `pip install 'vitcompress[hf]'`).
 """
 
 from vitcompress.data.config import AugmentConfig, DataConfig

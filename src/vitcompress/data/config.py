@@ -21,7 +21,7 @@ class DataConfig(BaseConfig):
     """Where the images come from and how they are loaded."""
 
     data: str = "digits"
-    """digits (built-in), an ImageFolder root with train/ and val/, folder:<path> or hfds:<path>."""
+    """digits or cluttered-digits (built-in), an ImageFolder root with train/ and val/, folder:<path> or hfds:<path>."""
     batch_size: int = 64
     """Images per process and per micro-batch (the global batch is batch_size × world size × grad_accum_steps)."""
     workers: int = 0

@@ -185,13 +185,66 @@ def load_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     return images, digits.target, train_idx, val_idx
 
 
-def _resize(images: np.ndarray, height: int, width: int) -> torch.Tensor:
+def resize_images(images: np.ndarray, height: int, width: int) -> torch.Tensor:
+    """`(N, h, w)` float images in [0, 1] as a `(N, 1, height, width)` tensor (bicubic, antialiased, clamped)."""
     x = torch.from_numpy(images).unsqueeze(1)
     if x.shape[-2:] == (height, width):
         return x.contiguous()
     # Bicubic overshoots at the strokes' edges; clamp keeps the [0, 1] range the normalisation assumes.
     x = F.interpolate(x, size=(height, width), mode="bicubic", align_corners=False, antialias=True)
     return x.clamp_(0, 1)
+
+
+def build_in_memory(
+    splits: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    input_size: tuple[int, int, int],
+    norm: tuple[tuple[float, ...] | None, tuple[float, ...] | None, tuple[float, ...], tuple[float, ...]],
+    train_augment: bool,
+    aug: AugmentConfig | None,
+    name: str,
+) -> tuple[DigitsDataset, DigitsDataset, DataInfo]:
+    """Train and val `DigitsDataset`s of grey images held in memory, for any built-in dataset of digits.
+
+    Args:
+        splits: `(train_images, train_targets, val_images, val_targets)`; images `(N, h, w)` floats in [0, 1],
+            resized here to `input_size` once, up front.
+        input_size: `(C, H, W)`, C in {1, 3}; grey images are replicated to C channels.
+        norm: `(mean, std, default_mean, default_std)`: the requested per-channel values (one or C, or None)
+            and the dataset's own constants used where None.
+        train_augment: Augment the train split: `DigitsAugment` jitter, plus what `aug` asks for.
+        aug: Augmentation options (see the module docstring); None: the jitter alone.
+        name: The data spec, for `DataInfo.name`.
+    """
+    channels, height, width = input_size
+    mean, std, default_mean, default_std = norm
+    mean_c = resolve_norm(mean, default_mean, channels, "mean")
+    std_c = resolve_norm(std, default_std, channels, "std")
+    train_images, train_targets, val_images, val_targets = splits
+    jitter, per_image, erase = (
+        digits_transforms(aug or AugmentConfig(), input_size, mean_c, std_c) if train_augment else (None,) * 3
+    )
+    kwargs = dict(channels=channels, mean=mean_c, std=std_c)
+    train = DigitsDataset(
+        resize_images(train_images, height, width),
+        torch.from_numpy(np.asarray(train_targets)).long(),
+        augment=jitter,
+        per_image=per_image,
+        erase=erase,
+        **kwargs,
+    )
+    val_targets_t = torch.from_numpy(np.asarray(val_targets)).long()
+    val = DigitsDataset(resize_images(val_images, height, width), val_targets_t, **kwargs)
+    info = DataInfo(
+        num_classes=NUM_CLASSES,
+        input_size=(channels, height, width),
+        mean=mean_c,
+        std=std_c,
+        train_size=len(train),
+        val_size=len(val),
+        name=name,
+        class_names=tuple(str(i) for i in range(NUM_CLASSES)),
+    )
+    return train, val, info
 
 
 def build_digits(
@@ -214,33 +267,8 @@ def build_digits(
     Returns:
         `(train_dataset, val_dataset, info)`.
     """
-    channels, height, width = input_size
-    mean_c = resolve_norm(mean, DIGITS_MEAN, channels, "mean")
-    std_c = resolve_norm(std, DIGITS_STD, channels, "std")
     images, targets, train_idx, val_idx = load_split()
-    targets = torch.from_numpy(targets).long()
-    jitter, per_image, erase = (
-        digits_transforms(aug or AugmentConfig(), input_size, mean_c, std_c) if train_augment else (None,) * 3
-    )
-    norm = dict(channels=channels, mean=mean_c, std=std_c)
     # Split before resizing: at 224x224 only the resized splits (~360 MB in all) are held, not twice that.
-    train = DigitsDataset(
-        _resize(images[train_idx], height, width),
-        targets[train_idx],
-        augment=jitter,
-        per_image=per_image,
-        erase=erase,
-        **norm,
-    )
-    val = DigitsDataset(_resize(images[val_idx], height, width), targets[val_idx], **norm)
-    info = DataInfo(
-        num_classes=NUM_CLASSES,
-        input_size=(channels, height, width),
-        mean=mean_c,
-        std=std_c,
-        train_size=len(train),
-        val_size=len(val),
-        name="digits",
-        class_names=tuple(str(i) for i in range(NUM_CLASSES)),
-    )
-    return train, val, info
+    splits = (images[train_idx], targets[train_idx], images[val_idx], targets[val_idx])
+    norm = (mean, std, DIGITS_MEAN, DIGITS_STD)
+    return build_in_memory(splits, input_size, norm, train_augment, aug, "digits")

@@ -52,6 +52,10 @@ def build_datasets(
         from vitcompress.data.digits import build_digits
 
         return build_digits(size, mean_t, std_t, train_augment, aug)
+    if kind == "cluttered-digits":
+        from vitcompress.data.cluttered import build_cluttered
+
+        return build_cluttered(size, mean_t, std_t, train_augment, aug)
     if kind == "hfds":
         from vitcompress.data.hfds import build_hfds
 
@@ -143,18 +147,19 @@ def build_loaders(
     last incomplete batch, since Mixup needs even batches.
 
     Args:
-        spec: `digits` (built-in), an ImageFolder root with `train/` and `val/` (or `folder:<path>`), or
-            `hfds:<path>` for a `datasets` DatasetDict written by `save_to_disk`; or a `DataConfig` holding
-            one with the loader settings (batch size, workers, pinned memory, persistent workers, prefetch).
+        spec: `digits` or `cluttered-digits` (built-in), an ImageFolder root with `train/` and `val/` (or
+            `folder:<path>`), or `hfds:<path>` for a `datasets` DatasetDict written by `save_to_disk`; or a
+            `DataConfig` holding one with the loader settings (batch size, workers, pinned memory, persistent
+            workers, prefetch).
         input_size: `(C, H, W)` of the yielded images, C in {1, 3}.
         batch_size: Batch size per process; None: the `DataConfig`'s (64 for a spec string).
         num_workers: DataLoader worker processes; None: the `DataConfig`'s (0 for a spec string, the fastest
             for `digits`, which lives in memory).
-        seed: Seeds the shuffle and the augmentation; the digits train/val split never depends on it.
+        seed: Seeds the shuffle and the augmentation; the built-in datasets' splits never depend on it.
         distributed: Shard both splits over the initialised process group (world size and rank from it).
         train_augment: Random augmentation on the train split (digits: small affine jitter; folders: timm's);
             False turns every option of `aug` off but the Mixup batch rules.
-        mean: Per-channel normalisation mean (1 or C values); default: digits' own, ImageNet's otherwise.
+        mean: Per-channel normalisation mean (1 or C values); default: a built-in dataset's own, else ImageNet's.
         std: Per-channel std (1 or C values); default as for `mean`.
         aug: Augmentation options (timm's names, see `AugmentConfig`); None: today's defaults.
             `aug_repeats` turns on repeated augmentation (timm's `RepeatAugSampler`), also under DDP.

@@ -10,6 +10,8 @@ from typing import NamedTuple
 from vitcompress.errors import VitCompressError
 
 SCHEMES = ("folder", "hfds")
+# Data specs generated offline from what installed packages ship; `digits` is the default.
+BUILTINS = ("digits", "cluttered-digits")
 # Two or more letters before the colon, so Windows drive letters (C:\data) stay paths.
 _SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9_+-]+):(.*)$")
 _HF_MARKERS = ("dataset_dict.json", "dataset_info.json")
@@ -18,12 +20,13 @@ _HF_MARKERS = ("dataset_dict.json", "dataset_info.json")
 class DataSpec(NamedTuple):
     """A parsed data spec: which source, and where it lives (`""` for built-ins)."""
 
-    kind: str  # "digits", "folder" or "hfds"
+    kind: str  # a name in BUILTINS, "folder" or "hfds"
     path: str
 
 
 def parse_spec(spec: str) -> DataSpec:
-    """Split `digits`, `folder:<path>`, `hfds:<path>` or a bare directory path into a `DataSpec`.
+    """Split a built-in name (`digits`, `cluttered-digits`), `folder:<path>`, `hfds:<path>` or a bare directory path
+    into a `DataSpec`.
 
     A bare path holding a `datasets.save_to_disk` dataset is routed to `hfds`, because such a folder also
     has a `train/` subfolder and would otherwise fail later with a confusing "no images" message.
@@ -34,15 +37,15 @@ def parse_spec(spec: str) -> DataSpec:
     if not isinstance(spec, str) or not spec.strip():
         raise VitCompressError(f"data spec must be a non-empty string (got {spec!r}); use e.g. --data digits")
     spec = spec.strip()
-    if spec == "digits":
-        return DataSpec("digits", "")
+    if spec in BUILTINS:
+        return DataSpec(spec, "")
     match = _SCHEME_RE.match(spec)
     if match:
         scheme, path = match.group(1).lower(), match.group(2)
         if scheme not in SCHEMES:
             raise VitCompressError(
-                f"unknown data spec scheme '{scheme}:' in {spec!r}; use digits, folder:<path>, hfds:<path> "
-                "or a directory path"
+                f"unknown data spec scheme '{scheme}:' in {spec!r}; use digits, folder:<path>, hfds:<path>, "
+                "a directory path or cluttered-digits"
             )
         kind = scheme
     else:

@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+# Loading replays any surgery a spec records; importing the surgeries registers their steps with the spec.
+import vitcompress.slim.extraction  # noqa: F401  (slim_masks, slim and, through it, multiplex)
 from vitcompress.errors import VitCompressError
 from vitcompress.models.spec import build_from_spec, get_spec, unwrap
 
@@ -41,7 +44,9 @@ def _umask() -> int:
     return mask
 
 
-def _atomic_write(target: Path, write) -> None:
+def atomic_write(target: Path, write: Callable[[Path], object]) -> None:
+    """Call `write(tmp)` on a temporary file next to `target`, then move it to `target` (atomic on one file
+    system); if `write` raises, the temporary file is removed and `target` is left as it was."""
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     os.close(fd)
     try:
@@ -68,7 +73,7 @@ def save(model: nn.Module, path: str | Path, extra: dict[str, Any] | None = None
         raise VitCompressError(f"extra metadata is not JSON-serialisable ({e}); use plain JSON values") from e
     state = {k: v.detach().to("cpu").contiguous() for k, v in unwrap(model).state_dict().items()}
     path.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path / WEIGHTS_FILE, lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"}))
+    atomic_write(path / WEIGHTS_FILE, lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"}))
     doc = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -76,12 +81,20 @@ def save(model: nn.Module, path: str | Path, extra: dict[str, Any] | None = None
         "weights": {"file": WEIGHTS_FILE, "sha256": _sha256(path / WEIGHTS_FILE), "num_tensors": len(state)},
         "extra": extra or {},
     }
-    _atomic_write(path / SPEC_FILE, lambda tmp: tmp.write_text(json.dumps(doc, indent=2)))
+    atomic_write(path / SPEC_FILE, lambda tmp: tmp.write_text(json.dumps(doc, indent=2)))
     return path
+
+
+def check_not_onnx(ref: str | Path) -> None:
+    """Refuse an ONNX graph where a torch model is needed, in one line, before anything tries to read it."""
+    if Path(ref).suffix.lower() == ".onnx":
+        raise VitCompressError(f"{ref} is an ONNX graph, which only onnxruntime runs (vitcompress profile takes it); "
+                               "pass the torch model it was exported from: a saved directory, checkpoint or timm name")
 
 
 def read_spec(path: str | Path) -> dict[str, Any]:
     """The parsed, validated `spec.json` of a saved model directory."""
+    check_not_onnx(path)
     path = Path(path)
     if not path.exists():
         raise VitCompressError(f"model directory {path} does not exist; pass a directory written by vitcompress save")

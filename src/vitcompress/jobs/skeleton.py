@@ -23,6 +23,7 @@ from vitcompress.jobs.source import ModelSource
 from vitcompress.metrics import evaluate
 from vitcompress.models.drop_path import set_drop_path
 from vitcompress.report import write_report
+from vitcompress.report.run import render_run
 from vitcompress.train import TrainConfig, fit
 from vitcompress.train.distributed import DistInfo, cleanup
 
@@ -51,6 +52,9 @@ class Plan:
     configs: dict[str, Any] = dataclasses.field(default_factory=dict)
     """The job's own settings as JSON (e.g. {"multiplex": ..., "distill": ...}): saved with the model, written
     to the report and checked on resume."""
+    score_more: Callable[[Callable[[nn.Module], dict[str, float]]], Any] | None = None
+    """After training, on every rank (evaluation all-reduces under torchrun): given a function that scores a
+    model on the val split, what else the job measures (e.g. a search's budget curve); goes to `Outcome.more`."""
 
 
 @dataclasses.dataclass
@@ -64,6 +68,8 @@ class Outcome:
     after: dict[str, float]
     configs: dict[str, Any]
     """Every config of the run (the job's, data, augment and train) as JSON."""
+    more: Any = None
+    """What `Plan.score_more` returned (None without one)."""
 
 
 Summary = tuple[dict[str, Any], str, dict[str, str]]  # report, title, Markdown tables
@@ -115,14 +121,16 @@ def run_training(
             device=dist.device, param_groups=plan.param_groups, progress=progress, mixup=mixup, run_meta=run_meta,
         )
         after = evaluate(plan.model, val_loader)
+        more = plan.score_more(lambda m: evaluate(m.to(dist.device), val_loader)) if plan.score_more else None
         configs["train"] = train.to_dict()
         report: dict[str, Any] = {}
         if dist.rank == 0:
             # The source's own metadata (its normalisation, earlier surgeries) carries over; this run's settings win.
             save(plan.model, out, extra={**extra, **common.data_extra(info), **configs})
-            report, title, tables = summarize(Outcome(plan, info, history, before, after, configs))
+            report, title, tables = summarize(Outcome(plan, info, history, before, after, configs, more))
             report = {**report, **configs}
             write_report(out, report, title, tables)
+            render_run(out)
         return report
     finally:
         cleanup()

@@ -33,7 +33,7 @@ class ModelSource(BaseConfig):
 
     def resolve(self) -> tuple[nn.Module, dict[str, Any]]:
         """The model and the metadata saved with it (empty unless it is a vitcompress directory)."""
-        from vitcompress.models.resolve import resolve_model
+        from vitcompress.export.resolve import resolve_model
 
         return resolve_model(self.model, arch=self.arch, pretrained=self.pretrained, model_args=self.model_args)
 

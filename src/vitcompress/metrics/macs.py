@@ -8,6 +8,7 @@ matching how MACs are reported for ViT/DeiT/Swin.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -85,9 +86,36 @@ def _run_counter(model: nn.Module, input_size: Sequence[int], batch_size: int) -
     device, dtype = model_device_dtype(model)
     images = torch.randn(batch_size, *size, device=device, dtype=dtype)
     counter = FlopCounterMode(display=False, custom_mapping=_custom_mapping())
-    with eval_mode(model), torch.no_grad(), _mha_fastpath_disabled(), counter:
+    with eval_mode(model), _frozen(model), torch.no_grad(), _mha_fastpath_disabled(), counter:
         model(images)
     return counter
+
+
+@contextlib.contextmanager
+def _frozen(model: nn.Module) -> Iterator[None]:
+    """No parameter requires grad while counting, then each gets its flag back. FlopCounterMode's module tracker
+    hooks the autograd graph of every module input that requires grad, and fails on a parameter passed straight
+    to a submodule (the latent query of timm's attention pooling, `self.q(self.latent)`)."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+def count_module_macs(module: nn.Module, *inputs: torch.Tensor) -> int:
+    """MACs of one call of `module` on `inputs` (their batch included), counted as `count_macs` counts them.
+
+    For the fixed parts of a cost model that no width formula covers (e.g. an attention-pooling head); meta
+    tensors work and allocate nothing.
+    """
+    counter = FlopCounterMode(display=False, custom_mapping=_custom_mapping())
+    with eval_mode(module), _frozen(module), torch.no_grad(), _mha_fastpath_disabled(), counter:
+        module(*inputs)
+    return counter.get_total_flops() // 2
 
 
 def count_macs(model: nn.Module, input_size: Sequence[int] = (3, 224, 224), batch_size: int = 1) -> int:

@@ -1,8 +1,9 @@
-"""`profile`: parameters, MACs and optionally latency of a model in one call."""
+"""`profile`: parameters, MACs and optionally latency of a model (or an exported ONNX graph) in one call."""
 
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Sequence
 
 from torch import nn
@@ -24,29 +25,38 @@ def _si(value: float) -> str:
 class Profile:
     """Size and cost of a model for one input size."""
 
-    params: int
-    """Unique parameters (tied weights counted once)."""
-    macs: int
-    """Multiply-accumulates per image (FLOPs = 2 x MACs)."""
+    params: int | None
+    """Unique parameters (tied weights counted once); None for an ONNX graph not written by `export_onnx`."""
+    macs: int | None
+    """Multiply-accumulates per image (FLOPs = 2 x MACs); None for an ONNX graph not written by `export_onnx`."""
     input_size: tuple[int, int, int]
     """`(channels, height, width)` the MACs and latency were measured at."""
     latency_ms: float | None = None
     """Median forward time for a batch of `batch_size`, in milliseconds; None if not measured."""
     batch_size: int = 1
     """Images per timed forward pass."""
+    runtime: str | None = None
+    """Runtime the latency was measured in (`eager`, `compile`, `onnxruntime`); None: eager by default, unstated."""
+    threads: int | None = None
+    """CPU threads of the timed runtime; None: not stated (torch's current count)."""
 
     def __str__(self) -> str:
-        parts = [f"params {_si(self.params)}", f"MACs {_si(self.macs)}"]
+        parts = [f"params {'n/a' if self.params is None else _si(self.params)}",
+                 f"MACs {'n/a' if self.macs is None else _si(self.macs)}"]
         if self.latency_ms is not None:
-            parts.append(f"latency {self.latency_ms:.2f} ms (batch {self.batch_size})")
+            how = [f"batch {self.batch_size}", *([self.runtime] if self.runtime else []),
+                   *([f"{self.threads} thread{'s' * (self.threads > 1)}"] if self.threads else [])]
+            parts.append(f"latency {self.latency_ms:.2f} ms ({', '.join(how)})")
         return " | ".join(parts)
 
 
 def profile(
-    model: nn.Module,
+    model: nn.Module | str | os.PathLike,
     input_size: Sequence[int] = (3, 224, 224),
     latency: bool = False,
     batch_size: int = 1,
+    runtime: str | None = None,
+    threads: int | None = None,
 ) -> Profile:
     """Count parameters and MACs, and optionally time the forward pass.
 
@@ -54,10 +64,14 @@ def profile(
     message naming the right one instead of a shape error deep inside the model.
 
     Args:
-        model: The model to profile.
+        model: The model to profile, or a `.onnx` file (its params and MACs are those `export_onnx` recorded in
+            it, else None; it is timed in onnxruntime).
         input_size: `(channels, height, width)` of one image.
         latency: Also measure latency on the model's device (takes about a second).
         batch_size: Images per timed forward pass; MACs are always per image.
+        runtime: Where to time it: `eager` (default for a module), `compile` or `onnxruntime` (see
+            `measure_latency`).
+        threads: CPU threads while timing; default: torch's current count.
 
     Returns:
         The profile; `print` it for a one-line summary such as `params 22.05 M | MACs 4.60 G`.
@@ -65,15 +79,17 @@ def profile(
     Raises:
         VitCompressError: If `input_size` does not fit the model.
     """
-    size = validate_input_size(model, input_size)
-    latency_ms = None
-    if latency:
-        device, _ = model_device_dtype(model)
-        latency_ms = measure_latency(model, size, batch_size=batch_size, device=device).median_ms
-    return Profile(
-        params=count_params(model),
-        macs=count_macs(model, size),
-        input_size=size,
-        latency_ms=latency_ms,
-        batch_size=batch_size,
-    )
+    if isinstance(model, (str, os.PathLike)):
+        from vitcompress.export._ort import recorded_counts
+
+        size, (params, macs) = tuple(input_size), recorded_counts(model)
+    else:
+        size = validate_input_size(model, input_size)
+        params, macs = count_params(model), count_macs(model, size)
+    if not latency:
+        return Profile(params=params, macs=macs, input_size=size, batch_size=batch_size)  # type: ignore[arg-type]
+    device = "cpu" if isinstance(model, (str, os.PathLike)) else model_device_dtype(model)[0]
+    timed = measure_latency(model, size, batch_size=batch_size, device=device, runtime=runtime, threads=threads)
+    return Profile(params=params, macs=macs, input_size=size, latency_ms=timed.median_ms,  # type: ignore[arg-type]
+                   batch_size=batch_size, runtime=None if timed.runtime == "eager" and runtime is None else
+                   timed.runtime, threads=threads)

@@ -32,7 +32,7 @@ def set_drop_path(model: nn.Module, rate: float) -> nn.Module:
         raise VitCompressError(f"drop_path={rate} must be in [0, 1), e.g. 0.1")
     try:
         layers = transformer_layers(model)
-    except TypeError as e:
+    except VitCompressError as e:
         raise VitCompressError(f"{type(unwrap(model)).__name__} has no transformer blocks to set drop_path on; "
                                "drop --drop-path") from e
     if not layers or not all(hasattr(layer, b) for layer in layers for b in BRANCHES):

@@ -8,66 +8,33 @@ freshly built base. Weights are loaded afterwards, so a step only needs to rebui
 from __future__ import annotations
 
 import copy
-import importlib
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
 from vitcompress.errors import VitCompressError
+from vitcompress.models.family import family_named, family_of, unwrap
+from vitcompress.models.layers import transformer_layers
+
+__all__ = ["SPEC_ATTR", "build_from_spec", "describe_base", "family_of", "get_spec", "register_step", "unwrap",
+           "with_step"]
 
 SPEC_ATTR = "vitcompress_spec"
 
-# family -> (describe, build); resolved lazily so importing vitcompress stays cheap.
-_FAMILIES = {
-    "vit": ("vitcompress.models.vit", "is_vit", "describe_vit", "build_vit"),
-    "swin": ("vitcompress.models.swin", "is_swin", "describe_swin", "build_swin"),
-}
-# step kind -> function(model, step) -> model that redoes the structural change.
-_STEPS = {
-    "multiplex": "vitcompress.multiplexing.build:rebuild_multiplexed",
-    "slim_masks": "vitcompress.slim.attach:rebuild_masked",
-    "slim": "vitcompress.slim.extraction:rebuild_slim",
-}
+# step kind -> function(model, step) -> model that redoes the structural change; each surgery registers its own.
+_STEPS: dict[str, Callable[[nn.Module, dict[str, Any]], nn.Module]] = {}
 
 
-def register_family(name: str, module: str, is_fn: str, describe_fn: str, build_fn: str) -> None:
-    _FAMILIES[name] = (module, is_fn, describe_fn, build_fn)
-
-
-def register_step(kind: str, target: str) -> None:
-    _STEPS[kind] = target
-
-
-def _family_fns(name: str):
-    module, is_fn, describe_fn, build_fn = _FAMILIES[name]
-    mod = importlib.import_module(module)
-    return getattr(mod, is_fn), getattr(mod, describe_fn), getattr(mod, build_fn)
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The user's module behind DDP (`.module`) or torch.compile (`._orig_mod`) wrappers."""
-    while True:
-        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
-        if not isinstance(inner, nn.Module):
-            return model
-        model = inner
-
-
-def family_of(model: nn.Module) -> str:
-    for name in _FAMILIES:
-        is_fn, _, _ = _family_fns(name)
-        if is_fn(model):
-            return name
-    raise VitCompressError(
-        f"{type(model).__name__} is not a supported model; vitcompress works on timm VisionTransformer "
-        "(ViT/DeiT/DeiT-III) and SwinTransformer models"
-    )
+def register_step(kind: str, rebuild: Callable[[nn.Module, dict[str, Any]], nn.Module]) -> None:
+    """Teach `build_from_spec` to redo steps of `kind` (called by the module that records such steps)."""
+    _STEPS[kind] = rebuild
 
 
 def describe_base(model: nn.Module) -> dict[str, Any]:
-    _, describe, _ = _family_fns(family_of(model))
-    return describe(model)
+    model = unwrap(model)
+    return family_of(model).describe(model)
 
 
 def get_spec(model: nn.Module) -> dict[str, Any]:
@@ -75,8 +42,36 @@ def get_spec(model: nn.Module) -> dict[str, Any]:
     model = unwrap(model)
     spec = getattr(model, SPEC_ATTR, None)
     if spec is not None:
-        return copy.deepcopy(spec)
+        return _with_live_head(copy.deepcopy(spec), model)
     return {"base": describe_base(model), "steps": []}
+
+
+def _with_live_head(spec: dict[str, Any], model: nn.Module) -> dict[str, Any]:
+    """The recorded spec with the head the model has now: timm's `reset_classifier(n, pool)` (a backbone given
+    new classes) changes it after a surgery recorded the spec, and saving must rebuild the current head."""
+    kwargs = spec.get("base", {}).get("kwargs", {})
+    _refuse_truncated(kwargs, model)
+    for key in ("num_classes", "global_pool"):  # what every family reads off the model (`patch_embed_kwargs`)
+        if key in kwargs and hasattr(model, key):
+            kwargs[key] = getattr(model, key)
+    return spec
+
+
+def _refuse_truncated(kwargs: dict[str, Any], model: nn.Module) -> None:
+    """timm's `prune_intermediate_layers` drops the layers after a backbone's last tap; the recorded spec (and its
+    surgery steps) still describes them all, so a saved file would not load and a further surgery would rebuild the
+    wrong model: refuse in one line."""
+    depth = kwargs.get("depth", kwargs.get("depths"))
+    recorded = sum(depth) if isinstance(depth, list) else depth
+    if not isinstance(recorded, int):
+        return
+    live = len(transformer_layers(model))
+    if live != recorded:
+        raise VitCompressError(
+            f"this compressed model has {live} of its {recorded} transformer layers (timm's "
+            "prune_intermediate_layers?), and vitcompress rebuilds it from a spec with all of them: save or "
+            "compress it before pruning, and prune after vc.load"
+        )
 
 
 def with_step(source: nn.Module, result: nn.Module, step: dict[str, Any]) -> nn.Module:
@@ -90,19 +85,14 @@ def with_step(source: nn.Module, result: nn.Module, step: dict[str, Any]) -> nn.
 def build_from_spec(spec: dict[str, Any], device: torch.device | str | None = None) -> nn.Module:
     """A randomly initialised model with exactly the architecture `spec` describes."""
     base = spec.get("base") or {}
-    family = base.get("family")
-    if family not in _FAMILIES:
-        raise VitCompressError(f"unknown model family {family!r} in spec; known: {sorted(_FAMILIES)}")
-    _, _, build = _family_fns(family)
-    model = build(base)
+    model = family_named(base.get("family")).build(base)
     for i, step in enumerate(spec.get("steps", [])):
-        target = _STEPS.get(step.get("kind"))
-        if target is None:
+        rebuild = _STEPS.get(step.get("kind"))
+        if rebuild is None:
             raise VitCompressError(
                 f"spec step {i} has unknown kind {step.get('kind')!r}; known: {sorted(_STEPS)} "
                 "(was it written by a newer vitcompress?)"
             )
-        module, fn = target.split(":")
-        model = getattr(importlib.import_module(module), fn)(model, step)
+        model = rebuild(model, step)
     setattr(model, SPEC_ATTR, copy.deepcopy(spec))
     return model.to(device) if device is not None else model

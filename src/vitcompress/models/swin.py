@@ -23,30 +23,35 @@ from timm.models.swin_transformer import (
 from torch import nn
 
 from vitcompress.errors import VitCompressError
-from vitcompress.models._timm import architecture_name, drop_prob, patch_embed_kwargs
+from vitcompress.models._timm import (
+    architecture_name,
+    drop_prob,
+    patch_embed_kwargs,
+    shape_signature,
+    verify_rebuild,
+)
+from vitcompress.models.family import Family, register_family
 from vitcompress.models.layers import head_dim, window_layout
 
 FAMILY = "swin"
 
 
-def is_swin(model: nn.Module) -> bool:
-    return isinstance(model, SwinTransformer)
-
-
-def check_plain_swin(model: SwinTransformer) -> None:
-    """Refuse layer variants our surgeries do not model (custom stages, blocks, attention or norms)."""
+def check_plain_swin(model: nn.Module, stage_type: type = SwinTransformerStage, block_type: type = SwinTransformerBlock,
+                     attn_type: type = WindowAttention) -> None:
+    """Refuse layer variants our surgeries do not model (custom stages, blocks, attention or norms); the types are
+    Swin V1's unless a Swin V2 model passes its own."""
     if type(model.patch_embed) is not PatchEmbed:
         raise VitCompressError(
             f"patch_embed is {type(model.patch_embed).__name__}; vitcompress needs timm's PatchEmbed"
         )
     for s, stage in enumerate(model.layers):
-        if type(stage) is not SwinTransformerStage:
-            raise VitCompressError(f"stage {s} is {type(stage).__name__}, not timm's SwinTransformerStage")
+        if type(stage) is not stage_type:
+            raise VitCompressError(f"stage {s} is {type(stage).__name__}, not timm's {stage_type.__name__}")
         for b, blk in enumerate(stage.blocks):
-            if type(blk) is not SwinTransformerBlock or type(blk.attn) is not WindowAttention:
+            if type(blk) is not block_type or type(blk.attn) is not attn_type:
                 raise VitCompressError(
                     f"stage {s} block {b} is {type(blk).__name__}/{type(getattr(blk, 'attn', None)).__name__}; "
-                    "vitcompress supports timm's SwinTransformerBlock with WindowAttention"
+                    f"vitcompress supports timm's {block_type.__name__} with {attn_type.__name__}"
                 )
             if type(blk.norm1) is not nn.LayerNorm or type(blk.norm2) is not nn.LayerNorm:
                 raise VitCompressError(
@@ -58,7 +63,7 @@ def stage_depths(model: SwinTransformer) -> list[int]:
     return [len(stage.blocks) for stage in model.layers]
 
 
-def _per_stage(values: list[Any]) -> Any:
+def per_stage(values: list[Any]) -> Any:
     """One value if every stage has it, else the per-stage list (the forms timm's constructor accepts)."""
     return values[0] if all(v == values[0] for v in values) else values
 
@@ -82,10 +87,10 @@ def describe_swin(model: SwinTransformer) -> dict[str, Any]:
         "depths": stage_depths(model),
         "num_heads": heads,
         "head_dim": None if all(h * d == c for h, d, c in zip(heads, head_dims, dims, strict=True)) else head_dims,
-        "window_size": _per_stage([list(blk.window_size) for blk in firsts]),
+        "window_size": per_stage([list(blk.window_size) for blk in firsts]),
         "always_partition": bool(firsts[0].always_partition),
         "strict_img_size": bool(pe.strict_img_size),
-        "mlp_ratio": _per_stage([blk.mlp.fc1.out_features / blk.dim for blk in firsts]),
+        "mlp_ratio": per_stage([blk.mlp.fc1.out_features / blk.dim for blk in firsts]),
         "qkv_bias": firsts[0].attn.qkv.bias is not None,
         "drop_rate": float(model.head.drop.p),
         "proj_drop_rate": float(firsts[0].attn.proj_drop.p),
@@ -93,7 +98,7 @@ def describe_swin(model: SwinTransformer) -> dict[str, Any]:
         "drop_path_rate": drop_prob(last.drop_path1),
     }
     desc = {"family": FAMILY, "architecture": arch, "kwargs": kwargs}
-    _verify_rebuild(model, desc)
+    verify_rebuild(model, desc, lambda d: build_swin(d, init=False), swin_signature)
     return desc
 
 
@@ -138,22 +143,74 @@ def padded_size(resolution: tuple[int, int], window: tuple[int, int]) -> tuple[i
     return tuple(math.ceil(r / w) * w for r, w in zip(resolution, window, strict=True))
 
 
-def _signature(model: nn.Module) -> list[tuple[Any, ...]]:
-    shapes = [(k, tuple(v.shape)) for k, v in model.state_dict().items()]
+def swin_signature(model: nn.Module) -> list[tuple[Any, ...]]:
     # Shifts and windows change the forward without changing any shape; compare them too.
     layouts = [("layout", s, b, *window_layout(blk)) for s, st in enumerate(model.layers)
                for b, blk in enumerate(st.blocks)]
-    return shapes + layouts
+    return shape_signature(model) + layouts
 
 
-def _verify_rebuild(model: nn.Module, desc: dict[str, Any]) -> None:
-    # Built on the meta device: only shapes and window layouts are compared, so even Swin-L costs nothing here.
-    with torch.device("meta"):
-        rebuilt = build_swin(desc, init=False)
-    ours, theirs = _signature(model), _signature(rebuilt)
-    if ours != theirs:
-        diff = next((a, b) for a, b in zip(ours + [None], theirs + [None], strict=False) if a != b)
-        raise VitCompressError(
-            f"{desc['architecture']} built with non-standard arguments vitcompress cannot read back "
-            f"(first difference: {diff[0]} vs rebuilt {diff[1]}); please report this model configuration"
-        )
+class SwinFamily(Family):
+    name = FAMILY
+    supported = "timm SwinTransformer (Swin-T/S/B/L)"
+    post_norm = False
+    """Swin V2 puts its block norms after the attention and the MLP."""
+    per_head = False
+    """ViT-Slim keeps heads whole (Swin V2: cosine attention normalises over a head's dims)."""
+    stage_type, block_type, attn_type = SwinTransformerStage, SwinTransformerBlock, WindowAttention
+
+    def matches(self, model: nn.Module) -> bool:
+        return isinstance(model, SwinTransformer)
+
+    def check(self, model: nn.Module) -> None:
+        check_plain_swin(model, self.stage_type, self.block_type, self.attn_type)
+
+    def describe(self, model: nn.Module) -> dict[str, Any]:
+        return describe_swin(model)
+
+    def build(self, desc: dict[str, Any], init: bool = True) -> nn.Module:
+        return build_swin(desc, init=init)
+
+    def blocks(self, model: nn.Module) -> list[nn.Module]:
+        return [blk for stage in model.layers for blk in stage.blocks]
+
+    def stage_depths(self, model: nn.Module) -> list[int]:
+        return stage_depths(model)
+
+    def multiplex(self, model, config):
+        from vitcompress.multiplexing.swin import multiplex_swin
+
+        return multiplex_swin(model, config)
+
+    def check_masks(self, model, config) -> None:
+        from vitcompress.slim.swin_masked import check_swin_supported
+
+        check_swin_supported(model, config)
+
+    def attach_masks(self, model, config):
+        from vitcompress.slim.swin_masked import attach_swin
+
+        return attach_swin(model, config)
+
+    def is_masked(self, model) -> bool:
+        from vitcompress.slim.swin_masked import is_masked_swin
+
+        return is_masked_swin(model)
+
+    def mask_tensors(self, model):
+        from vitcompress.slim.swin_masked import swin_mask_tensors
+
+        return swin_mask_tensors(model)
+
+    def structure(self, model):
+        from vitcompress.slim.swin_cost import swin_structure_of
+
+        return swin_structure_of(model)
+
+    def apply_selection(self, model, selection) -> None:
+        from vitcompress.slim.swin_pruned import apply_swin_selection
+
+        apply_swin_selection(model, selection)
+
+
+register_family(SwinFamily())

@@ -1,7 +1,9 @@
 """Adapter for timm's VisionTransformer family (ViT, DeiT, DeiT distilled, DeiT-III, register tokens, avg pooling).
 
 A plain timm model is described by its registered architecture name plus the constructor arguments read back
-from its modules, so it can be rebuilt without the code that made it (and without pretrained weights).
+from its modules, so it can be rebuilt without the code that made it (and without pretrained weights). The
+family's surgeries live with their method: `multiplexing.vit` (multiplexed blocks), `slim.masked` /
+`slim.pruned` (masked and sliced attention), `slim.cost` (the cost structure).
 """
 
 from __future__ import annotations
@@ -10,29 +12,37 @@ from typing import Any
 
 import timm
 import torch
-from timm.models.vision_transformer import Attention, Block, VisionTransformer
+from timm.models.vision_transformer import Attention, Block, ResPostBlock, VisionTransformer
 from torch import nn
 
 from vitcompress.errors import VitCompressError
-from vitcompress.models._timm import architecture_name, drop_prob, patch_embed_kwargs
+from vitcompress.models._timm import architecture_name, drop_prob, patch_embed_kwargs, verify_rebuild
+from vitcompress.models.family import IsotropicFamily, register_family
+from vitcompress.models.mlp import SUPPORTED as MLP_KINDS
+from vitcompress.models.mlp import mlp_kind
 
 FAMILY = "vit"
-
-
-def is_vit(model: nn.Module) -> bool:
-    return isinstance(model, VisionTransformer)
 
 
 def check_plain_blocks(model: VisionTransformer) -> None:
     """Refuse block variants our surgeries do not model (e.g. parallel blocks, gated or rotary attention)."""
     for i, blk in enumerate(model.blocks):
-        if type(blk) is not Block or type(blk.attn) is not Attention:
+        if type(blk) not in (Block, ResPostBlock) or type(blk.attn) is not Attention:
             raise VitCompressError(
                 f"block {i} is {type(blk).__name__}/{type(getattr(blk, 'attn', None)).__name__}; vitcompress "
-                "supports timm's standard Block with Attention (ViT, DeiT, DeiT-III, reg tokens, q/k-norm)"
+                "supports timm's Block or ResPostBlock with Attention (ViT, DeiT, DeiT-III, reg tokens, q/k-norm)"
             )
         if blk.attn.gate is not None:
             raise VitCompressError(f"block {i} uses gated attention, which vitcompress does not support yet")
+        if mlp_kind(blk.mlp) is None:
+            raise VitCompressError(f"block {i} has a {type(blk.mlp).__name__} MLP; vitcompress supports {MLP_KINDS}")
+
+
+def mlp_ratio(mlp: nn.Module, dim: int) -> float:
+    """The `mlp_ratio` timm turns back into this MLP's width (`int(dim * ratio)`; a packed GLU's is both halves)."""
+    width = getattr(mlp, mlp_kind(mlp).inputs[0]).out_features
+    ratio = width / dim
+    return ratio if int(dim * ratio) == width else (width + 0.5) / dim  # float rounding must not lose a unit
 
 
 def grid_size(model: VisionTransformer) -> tuple[int, int]:
@@ -48,11 +58,11 @@ def describe_vit(model: VisionTransformer) -> dict[str, Any]:
         **patch_embed_kwargs(model),
         "depth": len(model.blocks),
         "num_heads": blk.attn.num_heads,
-        "mlp_ratio": blk.mlp.fc1.out_features / model.embed_dim,
+        "mlp_ratio": mlp_ratio(blk.mlp, model.embed_dim),
         "qkv_bias": blk.attn.qkv.bias is not None,
         "qk_norm": not isinstance(blk.attn.q_norm, nn.Identity),
         "proj_bias": blk.attn.proj.bias is not None,
-        "init_values": 1e-5 if not isinstance(blk.ls1, nn.Identity) else None,
+        "init_values": 1e-5 if not isinstance(getattr(blk, "ls1", nn.Identity()), nn.Identity) else None,
         "class_token": bool(model.has_class_token),
         "reg_tokens": int(model.num_reg_tokens),
         "no_embed_class": bool(model.no_embed_class),
@@ -65,7 +75,7 @@ def describe_vit(model: VisionTransformer) -> dict[str, Any]:
         "drop_path_rate": drop_prob(model.blocks[-1].drop_path1),
     }
     desc = {"family": FAMILY, "architecture": arch, "kwargs": kwargs}
-    _verify_rebuild(model, desc)
+    verify_rebuild(model, desc, build_vit)
     return desc
 
 
@@ -82,18 +92,56 @@ def build_vit(desc: dict[str, Any], device: torch.device | str | None = None) ->
     return model.to(device) if device is not None else model
 
 
-def _signature(model: nn.Module) -> list[tuple[str, tuple[int, ...]]]:
-    return [(k, tuple(v.shape)) for k, v in model.state_dict().items()]
+class VitFamily(IsotropicFamily):
+    name = FAMILY
+    supported = "timm VisionTransformer (ViT/DeiT/DeiT-III)"
+
+    def matches(self, model: nn.Module) -> bool:
+        return isinstance(model, VisionTransformer)
+
+    def check(self, model: nn.Module) -> None:
+        check_plain_blocks(model)
+
+    def describe(self, model: nn.Module) -> dict[str, Any]:
+        return describe_vit(model)
+
+    def build(self, desc: dict[str, Any], init: bool = True) -> nn.Module:
+        return build_vit(desc)
+
+    def multiplex(self, model, config):
+        from vitcompress.multiplexing.vit import multiplex_vit
+
+        return multiplex_vit(model, config)
+
+    def check_masks(self, model, config) -> None:
+        from vitcompress.slim.masked import check_vit_masks
+
+        check_vit_masks(model, config)
+
+    def attach_masks(self, model, config):
+        from vitcompress.slim.masked import attach_vit_masks
+
+        return attach_vit_masks(model, config)
+
+    def is_masked(self, model) -> bool:
+        from vitcompress.slim.masked import MaskedBlocks
+
+        return isinstance(model.blocks, MaskedBlocks)
+
+    def mask_tensors(self, model):
+        from vitcompress.slim.masked import vit_mask_tensors
+
+        return vit_mask_tensors(model)
+
+    def structure(self, model):
+        from vitcompress.slim.cost import vit_structure_of
+
+        return vit_structure_of(model)
+
+    def apply_selection(self, model, selection) -> None:
+        from vitcompress.slim.pruned import apply_vit_selection
+
+        apply_vit_selection(model, selection)
 
 
-def _verify_rebuild(model: nn.Module, desc: dict[str, Any]) -> None:
-    # Built on the meta device: only shapes are compared, so even ViT-H costs nothing here.
-    with torch.device("meta"):
-        rebuilt = build_vit(desc)
-    ours, theirs = _signature(model), _signature(rebuilt)
-    if ours != theirs:
-        diff = next((a, b) for a, b in zip(ours + [None], theirs + [None], strict=False) if a != b)
-        raise VitCompressError(
-            f"{desc['architecture']} built with non-standard arguments vitcompress cannot read back "
-            f"(first difference: {diff[0]} vs rebuilt {diff[1]}); please report this model configuration"
-        )
+register_family(VitFamily())

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vitcompress.errors import VitCompressError
+from vitcompress.models.attention import qkv_projection
 from vitcompress.models.layers import head_dim, transformer_layers
 
 
@@ -35,9 +36,21 @@ class ActivationRecorder:
             for name, tap in taps.items():
                 if tap is not None:
                     self._hook(tap, lambda out, i=i, name=name: self._put_qkv(i, name, out))
-            # The others are thirds of the fused qkv output: V of timm's Attention, all of Swin's WindowAttention.
             rest = tuple(name for name, tap in taps.items() if tap is None)
-            if rest:
+            if rest and not _calls_qkv(attn):
+                # EVA's and Swin V2's attentions add their q/v biases in F.linear (or project q, k, v separately),
+                # so the qkv module never runs: the missing parts are projected again from the attention's input.
+                heads = attn.num_heads
+
+                def project(x: Tensor, i: int = i, a: nn.Module = attn, h: int = heads, names: tuple = rest) -> None:
+                    with torch.no_grad():
+                        parts = qkv_projection(a, x, "".join(names)).unflatten(-1, (len(names), h, -1))
+                    for n, name in enumerate(names):
+                        self._put_qkv(i, name, parts.select(-3, n).movedim(-2, -3))
+
+                self._pre_hook(attn, project)
+            elif rest:
+                # Thirds of the fused qkv output: V of timm's Attention, all of Swin's WindowAttention.
                 heads, dim = attn.num_heads, head_dim(attn)
 
                 def take(out: Tensor, i: int = i, h: int = heads, d: int = dim, names: tuple = rest) -> None:
@@ -48,6 +61,13 @@ class ActivationRecorder:
                 self._hook(attn.qkv, take)
         for i in hidden_layers:
             self._hook(layers[i], lambda out, i=i: self.hidden.__setitem__(i, out))
+
+    def _pre_hook(self, module: nn.Module, fn) -> None:
+        def hook(_mod, args):
+            if self.active:
+                fn(args[0])
+
+        self._handles.append(module.register_forward_pre_hook(hook))
 
     def _hook(self, module: nn.Module, fn) -> None:
         def hook(_mod, _inp, out):
@@ -67,6 +87,11 @@ class ActivationRecorder:
     def remove(self) -> None:
         for h in self._handles:
             h.remove()
+
+
+def _calls_qkv(attn: nn.Module) -> bool:
+    """Whether the attention's forward runs its fused `qkv` module (so a hook on it sees q, k and v)."""
+    return isinstance(getattr(attn, "qkv", None), nn.Module) and getattr(attn, "q_bias", None) is None
 
 
 def layer_pairs(spec: str | list[list[int]], student_depth: int, teacher_depth: int) -> list[tuple[int, int]]:

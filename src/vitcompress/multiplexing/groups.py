@@ -57,11 +57,3 @@ def _check_explicit(groups: list[list[int]], stage_depths: Sequence[int], starts
             f"groups: layers {missing} are in no group; list every layer 0..{depth - 1} exactly once"
         )
     return [sorted(g) for g in groups]
-
-
-def group_of_layer(groups: list[list[int]]) -> list[int]:
-    out = [0] * sum(len(g) for g in groups)
-    for gi, group in enumerate(groups):
-        for layer in group:
-            out[layer] = gi
-    return out

@@ -31,16 +31,18 @@ def _relation_layers(model: nn.Module, role: str) -> list[nn.Module]:
     """The transformer layers whose activations the relation terms hook, or a one-line error for any other model."""
     try:
         layers = transformer_layers(model)
-    except (TypeError, AttributeError):  # no `blocks`, or `layers` that are not stages of blocks
+    except VitCompressError:  # no transformer blocks
         layers = []
 
     def readable(layer: nn.Module) -> bool:
         attn = getattr(layer, "attn", None)
         taps = all(isinstance(getattr(attn, t, None), nn.Module) for t in ("q_norm", "k_norm", "v_tap"))
-        return hasattr(attn, "num_heads") and (isinstance(getattr(attn, "qkv", None), nn.Module) or taps)
+        projected = any(isinstance(getattr(attn, p, None), nn.Module) for p in ("qkv", "q_proj"))  # fused/separate
+        return hasattr(attn, "num_heads") and (projected or taps)
 
     if not layers or not all(map(readable, layers)):
-        fix = "pass a ViT/DeiT/Swin as relation_teacher" if role.endswith("teacher") else "use a ViT/DeiT/Swin student"
+        fix = ("pass a transformer (ViT/DeiT/Swin/EVA/BEiT) as relation_teacher" if role.endswith("teacher")
+               else "use a ViT/DeiT/Swin/EVA student")
         raise VitCompressError(
             f"the {role} {_name(model)} has no transformer blocks, which the attention/hidden relation terms read; "
             f"{fix}, or set attn_weight=0 and hidden_weight=0 to distil logits only"
@@ -67,10 +69,11 @@ class DistillationObjective:
 
     Logits are distilled from `teacher`, which may be any timm classifier (a CNN such as RegNetY, as for DeiT and
     Mini-DeiT); the Q/K/V and hidden-state relations from `relation_teacher` when given, else from `teacher`, and
-    these need a transformer (ViT/DeiT/Swin). Only the teachers a term needs are frozen, put in eval mode and run,
-    each once per step under the caller's autocast. Targets are class indices or, from Mixup/CutMix, per-class
-    probabilities (the teacher sees the same mixed images). Components ("ce", "kd_logits", "kd_attn",
-    "kd_hidden") are reported separately every step. `close()` removes the forward hooks the objective registered.
+    these need a transformer (ViT/DeiT, Swin V1/V2, EVA/DINOv3, BEiT). Only the teachers a term needs are frozen,
+    put in eval mode and run, each once per step under the caller's autocast. Targets are class indices or, from
+    Mixup/CutMix, per-class probabilities (the teacher sees the same mixed images). Components ("ce", "kd_logits",
+    "kd_attn", "kd_hidden") are reported separately every step. `close()` removes the forward hooks the objective
+    registered.
 
     Args:
         student: The model being trained (possibly wrapped); a DeiT-distilled one trains its dist head on the KD term.
@@ -199,8 +202,8 @@ class DistillationObjective:
             if bad:
                 raise VitCompressError(
                     f"the {self._roles[side]} exposed no Q/K/V or block output at layers {sorted(bad)} (its attention "
-                    "bypasses the qkv/q_norm/k_norm modules read by hooks); relation terms support timm ViT/DeiT/Swin, "
-                    "so use one, or set attn_weight=0 and hidden_weight=0"
+                    "bypasses the qkv/q_norm/k_norm modules read by hooks); relation terms support timm "
+                    "ViT/DeiT/Swin/EVA/BEiT, so use one, or set attn_weight=0 and hidden_weight=0"
                 )
 
     def _teacher_logits(self, images: Tensor) -> Tensor | tuple[Tensor, Tensor]:

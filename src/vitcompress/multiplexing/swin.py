@@ -17,132 +17,59 @@ import copy
 
 import torch
 import torch.nn.functional as F
-from timm.models.swin_transformer import SwinTransformerBlock, WindowAttention, window_partition, window_reverse
+from timm.models.swin_transformer import WindowAttention, window_partition, window_reverse
 from torch import nn
 
 from vitcompress.errors import VitCompressError
-from vitcompress.models.layers import head_dim
-from vitcompress.models.swin import check_plain_swin, padded_size, shifted_window_mask, stage_depths
+from vitcompress.models.attention import AttentionCore
+from vitcompress.models.family import family_of
+from vitcompress.models.swin import padded_size, shifted_window_mask, stage_depths
 from vitcompress.multiplexing.config import MultiplexConfig
 from vitcompress.multiplexing.groups import resolve_groups
 from vitcompress.multiplexing.transforms import AttentionTransform, DepthwiseConvTransform
-from vitcompress.multiplexing.vit import MultiplexedMlp, SharedWeights, shared_from_blocks
+from vitcompress.multiplexing.vit import SharedWeights, multiplexed_mlp, shared_weights
 
 
-class SwinSharedWeights(SharedWeights):
-    """A group's linear layers plus its relative-position bias table ((2Wh-1)(2Ww-1), heads)."""
-
-    def __init__(
-        self,
-        qkv: nn.Linear,
-        proj: nn.Linear,
-        fc1: nn.Linear,
-        fc2: nn.Linear,
-        relative_position_bias_table: nn.Parameter,
-    ) -> None:
-        super().__init__(qkv, proj, fc1, fc2)
-        # Same name as timm's, so `no_weight_decay()` (a substring match on parameter names) still finds it.
-        self.relative_position_bias_table = relative_position_bias_table
-
-
-def swin_shared_from_blocks(blocks: list[SwinTransformerBlock], init: str, init_index: int) -> SwinSharedWeights:
-    """Shared weights of one group, started from the teacher's blocks of that group (same rule for every tensor)."""
-    linears = shared_from_blocks(blocks, init, init_index)
-    tables = [blk.attn.relative_position_bias_table for blk in blocks]
-    if len({tuple(t.shape) for t in tables}) != 1:
-        raise VitCompressError("blocks of one sharing group have different window sizes; keep groups inside a stage")
-    with torch.no_grad():
-        if init == "average":
-            table = torch.stack(tables).mean(0)
-        else:
-            table = tables[0 if init == "first" else min(init_index, len(tables) - 1)].clone()
-    return SwinSharedWeights(linears.qkv, linears.proj, linears.fc1, linears.fc2, nn.Parameter(table))
-
-
-class MultiplexedWindowAttention(nn.Module):
-    """timm's WindowAttention without its own qkv/proj/bias table, plus the optional head-mixing transformation.
-
-    `q_norm`/`k_norm` (identities, as in timm's Attention without q/k-norm) and `v_tap` are hook points, so
-    distillation reads Q, K, V per window, (B·nW, heads, window area, head_dim), as it does on ViT.
-    """
-
-    def __init__(self, attn: WindowAttention, transform: bool) -> None:
-        super().__init__()
-        self.num_heads, self.head_dim, self.scale = attn.num_heads, head_dim(attn), attn.scale
-        self.window_size, self.window_area = tuple(attn.window_size), attn.window_area
-        self.fused_attn = attn.fused_attn
-        self.register_buffer("relative_position_index", attn.relative_position_index.clone(), persistent=False)
-        self.q_norm, self.k_norm, self.v_tap = nn.Identity(), nn.Identity(), nn.Identity()
-        self.transform = AttentionTransform(attn.num_heads) if transform else None
-        self.attn_drop = copy.deepcopy(attn.attn_drop)
-        self.proj_drop = copy.deepcopy(attn.proj_drop)
-
-    def rel_pos_bias(self, table: torch.Tensor) -> torch.Tensor:
-        """(heads, N, N) bias of this layer's window from the group's table."""
-        n = self.window_area
-        return table[self.relative_position_index.view(-1)].view(n, n, -1).permute(2, 0, 1)
-
-    def forward(
-        self, x: torch.Tensor, qkv: nn.Linear, proj: nn.Linear, table: torch.Tensor, mask: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """x: (B·nW, N, C) windows; mask: (nW, N, N) bool, True where a query may attend to a key, or None."""
-        B_, N, _ = x.shape
-        heads = self.num_heads
-        q, k, v = qkv(x).reshape(B_, N, 3, heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        q, k, v = self.q_norm(q), self.k_norm(k), self.v_tap(v)
-        bias = self.rel_pos_bias(table).unsqueeze(0)  # (1, H, N, N)
-        if self.transform is None and self.fused_attn:
-            if mask is not None:
-                nw = mask.shape[0]
-                bias = bias.masked_fill(~mask.unsqueeze(1), float("-inf"))  # (nW, H, N, N)
-                bias = bias.unsqueeze(0).expand(B_ // nw, -1, -1, -1, -1).reshape(B_, heads, N, N)
-            drop = self.attn_drop.p if self.training else 0.0
-            x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=drop)
-        else:
-            attn = (q * self.scale) @ k.transpose(-2, -1) + bias
-            if self.transform is not None:
-                attn = self.transform.pre(attn)
-            if mask is not None:  # after the mixing: no head can pull mass back onto a masked key
-                nw = mask.shape[0]
-                attn = attn.view(-1, nw, heads, N, N).masked_fill(~mask.unsqueeze(1), float("-inf"))
-                attn = attn.view(-1, heads, N, N)
-            attn = attn.softmax(dim=-1)
-            if self.transform is not None:
-                attn = self.transform.post(attn)  # no bias: exact zeros stay zero
-            x = self.attn_drop(attn) @ v
-        return self.proj_drop(proj(x.transpose(1, 2).reshape(B_, N, -1)))
+def multiplexed_window_attention(attn: WindowAttention, transform: bool) -> AttentionCore:
+    """timm's WindowAttention without its own qkv/proj/bias table (bound from the group), plus the optional head
+    mixing. Q, K, V reach the distillation hooks per window, (B·nW, heads, window area, head_dim), as on ViT."""
+    mixing = AttentionTransform(attn.num_heads) if transform else None
+    return AttentionCore.of(attn, owns=False, transform=mixing, share_children=False)
 
 
 class MultiplexedSwinBlock(nn.Module):
     """One layer of a Mini-Swin: per-layer norms, window layout and transformations around a group's weights."""
 
     def __init__(
-        self, block: SwinTransformerBlock, group: int, attn_transform: bool, mlp_transform: bool, kernel_size: int
+        self, block: nn.Module, group: int, attn_transform: bool, mlp_transform: bool, kernel_size: int,
+        post_norm: bool = False,
     ) -> None:
         super().__init__()
-        self.group = group
+        self.group, self.post_norm = group, post_norm
         self.dim, self.input_resolution = block.dim, tuple(block.input_resolution)
         self.window_size, self.shift_size = tuple(block.window_size), tuple(block.shift_size)
         self.window_area, self.always_partition = block.window_area, block.always_partition
         self.dynamic_mask = block.dynamic_mask
         self.norm1 = copy.deepcopy(block.norm1)
-        self.attn = MultiplexedWindowAttention(block.attn, attn_transform)
+        self.attn = multiplexed_window_attention(block.attn, attn_transform)
         self.drop_path1 = copy.deepcopy(block.drop_path1)
         self.mlp_transform = DepthwiseConvTransform(block.dim, kernel_size, block.norm2.eps) if mlp_transform else None
         self.norm2 = copy.deepcopy(block.norm2)
-        self.mlp = MultiplexedMlp(block.mlp)
+        self.mlp = multiplexed_mlp(block.mlp)
         self.drop_path2 = copy.deepcopy(block.drop_path2)
         mask = None
         if any(self.shift_size) and not self.dynamic_mask:
             size = padded_size(self.input_resolution, self.window_size)
             mask = shifted_window_mask(*size, self.window_size, self.shift_size, device=block.norm1.weight.device)
         self.register_buffer("attn_mask", mask, persistent=False)
-        self._shared: SwinSharedWeights | None = None
+        self._shared: SharedWeights | None = None
 
-    def bind(self, shared: SwinSharedWeights) -> None:
+    def bind(self, shared: SharedWeights) -> None:
         # Outside the module tree on purpose: the group's weights are registered once, in the stage's
         # `blocks_shared`, so state_dict() and parameters() see a single copy.
         object.__setattr__(self, "_shared", shared)
+        self.attn.bind(shared)
+        self.mlp.bind(shared)
 
     def _attn(self, x: torch.Tensor) -> torch.Tensor:
         """Shifted-window attention on a (B, H, W, C) map, laid out exactly as timm does it."""
@@ -156,9 +83,8 @@ class MultiplexedSwinBlock(nn.Module):
         mask = self.attn_mask
         if any(shift) and self.dynamic_mask:
             mask = shifted_window_mask(Hp, Wp, window, shift, device=x.device)
-        w = self._shared
         windows = window_partition(x, window).view(-1, self.window_area, C)
-        windows = self.attn(windows, w.qkv, w.proj, w.relative_position_bias_table, mask=mask)
+        windows = self.attn(windows, mask=mask)
         x = window_reverse(windows.view(-1, window[0], window[1], C), window, Hp, Wp)[:, :H, :W, :].contiguous()
         if any(shift):
             x = torch.roll(x, shifts=shift, dims=(1, 2))
@@ -167,12 +93,17 @@ class MultiplexedSwinBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, H, W, C) map of the stage."""
         B, H, W, C = x.shape
-        x = x + self.drop_path1(self._attn(self.norm1(x)))
+        if self.post_norm:  # Swin V2: the norms follow the attention and the MLP
+            x = x + self.drop_path1(self.norm1(self._attn(x)))
+        else:
+            x = x + self.drop_path1(self._attn(self.norm1(x)))
         if self.mlp_transform is not None:
             x = self.mlp_transform(x)
         x = x.reshape(B, -1, C)
-        w = self._shared
-        x = x + self.drop_path2(self.mlp(self.norm2(x), w.fc1, w.fc2))
+        if self.post_norm:
+            x = x + self.drop_path2(self.norm2(self.mlp(x)))
+        else:
+            x = x + self.drop_path2(self.mlp(self.norm2(x)))
         return x.reshape(B, H, W, C)
 
     def set_input_size(self, *args, **kwargs) -> None:
@@ -186,8 +117,9 @@ class MultiplexedSwinBlock(nn.Module):
 
 
 def multiplex_swin(teacher: nn.Module, config: MultiplexConfig) -> tuple[nn.Module, list[list[int]]]:
-    """Mini-Swin from a timm SwinTransformer: groups never cross a stage; returns (student, groups)."""
-    check_plain_swin(teacher)
+    """Mini-Swin from a timm SwinTransformer (V1 or V2): groups never cross a stage; returns (student, groups)."""
+    family_of(teacher).check(teacher)
+    post_norm = family_of(teacher).post_norm
     depths = stage_depths(teacher)
     groups = resolve_groups(config, depths)
     # Copy everything but the blocks (patch embedding, patch merging, norm, head); blocks are rebuilt below.
@@ -204,13 +136,13 @@ def multiplex_swin(teacher: nn.Module, config: MultiplexConfig) -> tuple[nn.Modu
     for stage, depth in zip(student.layers, depths, strict=True):
         stage_groups = [(gi, g) for gi, g in enumerate(groups) if start <= g[0] < start + depth]
         shared = nn.ModuleList(
-            swin_shared_from_blocks([flat[i] for i in g], config.init, config.init_index) for _, g in stage_groups
+            shared_weights([flat[i] for i in g], config.init, config.init_index) for _, g in stage_groups
         )
         layers: list[nn.Module] = [nn.Identity()] * depth
         for local, (gi, g) in enumerate(stage_groups):
             for i in g:
                 layer = MultiplexedSwinBlock(
-                    flat[i], gi, config.attn_transform, config.mlp_transform, config.kernel_size
+                    flat[i], gi, config.attn_transform, config.mlp_transform, config.kernel_size, post_norm
                 )
                 layer.bind(shared[local])
                 layers[i - start] = layer

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,8 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None
 
 
 def _fmt(value: Any) -> str:
+    if value is None:  # not measured (e.g. the accuracy of a curve point that keeps nothing)
+        return "–"
     if isinstance(value, float):
         return f"{value:.2f}"
     return str(value)
@@ -45,8 +45,7 @@ def write_report(out_dir: str | Path, report: dict[str, Any], title: str, tables
     md = [f"# {title}", ""]
     for heading, table in tables.items():
         md += [f"## {heading}", "", table, ""]
+    from vitcompress.export.io import atomic_write  # deferred: export imports torch; these tables need not
+
     for name, text in (("report.json", json.dumps(report, indent=2, default=str)), ("report.md", "\n".join(md))):
-        fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{name}.")
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, out_dir / name)
+        atomic_write(out_dir / name, lambda tmp, text=text: tmp.write_text(text))

@@ -8,27 +8,14 @@ from typing import Any
 import torch
 from torch import nn
 
+import vitcompress.multiplexing.build  # noqa: F401  (registers the multiplex step that extracted specs replay)
 from vitcompress.errors import VitCompressError
-from vitcompress.models.spec import SPEC_ATTR, build_from_spec, get_spec, unwrap
-from vitcompress.models.swin import is_swin
+from vitcompress.models.attention import QKV_LAYOUT
+from vitcompress.models.layers import is_mask_param, transformer_layers
+from vitcompress.models.spec import SPEC_ATTR, build_from_spec, family_of, get_spec, register_step, unwrap
 from vitcompress.slim.attach import MASKS_STEP, SLIM_STEP, is_masked, mask_tensors
 from vitcompress.slim.cost import structure_of
-from vitcompress.slim.pruned import (
-    QKV_LAYOUT,
-    GatheredBlock,
-    PrunedAttention,
-    slice_linear,
-    slice_proj,
-    slice_qkv,
-)
 from vitcompress.slim.selection import Selection
-from vitcompress.slim.swin_pruned import apply_swin_selection
-
-MASK_NAMES = ("dim_mask", "hidden_mask", "token_mask")
-
-
-def is_mask_key(key: str) -> bool:
-    return key.rsplit(".", 1)[-1] in MASK_NAMES
 
 
 def _check_selection(selection: Any) -> Selection:
@@ -56,6 +43,7 @@ def binarize(model: nn.Module, selection: Selection) -> nn.Module:
     out = copy.deepcopy(model)
     masks = mask_tensors(out)
     first = [s.layers_of(o)[0] for o in range(s.num_owners)]
+    layers = transformer_layers(out)
     with torch.no_grad():
         for o, m in enumerate(masks.get("attn", [])):
             m.fill_(1.0 if selection.attn is None else 0.0)
@@ -67,7 +55,7 @@ def binarize(model: nn.Module, selection: Selection) -> nn.Module:
             if selection.mlp is not None:
                 m[selection.mlp[first[o]]] = 1.0
         for i, theta in enumerate(masks.get("tokens", [])):
-            init = out.blocks[i].token_init
+            init = layers[i].token_init
             theta.fill_(init if selection.tokens is None else -init)
             if selection.tokens is not None:
                 theta[selection.tokens[i]] = init
@@ -88,20 +76,43 @@ def extract(model: nn.Module, selection: Selection) -> nn.Module:
         raise VitCompressError("this model is already slimmed; extract from the masked model instead")
     selection.check(structure_of(model))
     base_spec = {"base": spec["base"], "steps": [st for st in spec["steps"] if st["kind"] != MASKS_STEP]}
-    state = {k: v.detach() for k, v in model.state_dict().items() if not is_mask_key(k)}
+    state = {k: v.detach() for k, v in model.state_dict().items() if not is_mask_param(k)}
     with torch.device("meta"):  # shapes only; the real tensors are assigned next, nothing is initialised
         plain = build_from_spec(base_spec)
     plain.load_state_dict(state, strict=True, assign=True)  # keys match: masks only add keys
     device = next(iter(state.values())).device
     apply_selection(plain, selection)
     _unshare(plain, {v.data_ptr() for v in state.values()})
-    for module in plain.modules():  # index buffers made on the default device
-        for name, buf in module._buffers.items():
-            if buf is not None and buf.device != device:
-                module._buffers[name] = buf.to(device)
+    _materialize_buffers(plain, model, device)
     step = {"kind": SLIM_STEP, "selection": selection.to_dict(), "qkv_layout": QKV_LAYOUT}
     setattr(plain, SPEC_ATTR, {"base": base_spec["base"], "steps": [*base_spec["steps"], step]})
     return plain.train(model.training)
+
+
+ZERO_BUFFERS = ("k_bias",)
+"""Constant zero buffers of timm attentions (EVA-02's and Swin V2's k bias beside their q/v biases): the attention
+core of a masked model computes with zeros instead of keeping them, so an attention extraction leaves unsliced
+gets them back as zeros."""
+
+
+def _materialize_buffers(plain: nn.Module, source: nn.Module, device: torch.device) -> None:
+    """Non-persistent buffers (rotary tables, window indices) were built on the meta device with the base: take
+    the source model's, which sit at the same paths; index buffers the surgery made go to the weights' device."""
+    source_buffers = dict(source.named_buffers())
+    for module_name, module in plain.named_modules():
+        for name, buf in module._buffers.items():
+            if buf is None:
+                continue
+            if buf.is_meta and device.type != "meta":  # (a meta source, e.g. a structure check, stays meta)
+                path = f"{module_name}.{name}" if module_name else name
+                src = source_buffers.get(path)
+                if src is None and name in ZERO_BUFFERS:
+                    src = torch.zeros(buf.shape, dtype=buf.dtype, device=device)
+                if src is None or src.shape != buf.shape:
+                    raise VitCompressError(f"cannot rebuild buffer {path} of the extracted model; please report it")
+                module._buffers[name] = src.detach().clone()
+            elif buf.device != device:
+                module._buffers[name] = buf.to(device)
 
 
 def _unshare(model: nn.Module, source: set[int]) -> None:
@@ -128,35 +139,8 @@ def rebuild_slim(model: nn.Module, step: dict[str, Any]) -> nn.Module:
 
 
 def apply_selection(model: nn.Module, selection: Selection) -> None:
-    """Slice an unmasked (plain or multiplexed) ViT or Swin in place to the widths and tokens `selection` keeps."""
-    if is_swin(model):
-        apply_swin_selection(model, selection)
-        return
-    s = structure_of(model)
-    selection.check(s)
-    shared = getattr(model, "blocks_shared", None)
-    first = [s.layers_of(o)[0] for o in range(s.num_owners)]
-    blocks = list(model.blocks)
-    if shared is not None:
-        for o, w in enumerate(shared):
-            if selection.attn is not None:
-                kept = selection.attn[first[o]]
-                w.qkv, w.proj = slice_qkv(w.qkv, kept, s.head_dim), slice_proj(w.proj, kept, s.head_dim)
-            if selection.mlp is not None:
-                kept = selection.mlp[first[o]]
-                w.fc1, w.fc2 = slice_linear(w.fc1, out_index=kept), slice_linear(w.fc2, in_index=kept)
-    for i, blk in enumerate(blocks):
-        if selection.attn is not None:
-            blk.attn = PrunedAttention(blk.attn, selection.attn[i])
-        if selection.mlp is not None and shared is None:
-            kept = selection.mlp[i]
-            blk.mlp.fc1 = slice_linear(blk.mlp.fc1, out_index=kept)
-            blk.mlp.fc2 = slice_linear(blk.mlp.fc2, in_index=kept)
-    if selection.tokens is not None:
-        prefix = list(range(s.num_prefix))
-        position = {j: j for j in range(s.num_patches)}  # patch -> index among the tokens entering the layer
-        for i, kept in enumerate(selection.tokens):
-            if len(kept) < len(position):
-                blocks[i] = GatheredBlock(blocks[i], prefix + [s.num_prefix + position[j] for j in kept])
-                position = {j: n for n, j in enumerate(kept)}
-        model.blocks = nn.Sequential(*blocks)
+    """Slice an unmasked (plain or multiplexed) model in place to the widths and tokens `selection` keeps."""
+    family_of(model).apply_selection(model, selection)
+
+
+register_step(SLIM_STEP, rebuild_slim)

@@ -19,98 +19,44 @@ import torch
 from torch import Tensor, nn
 
 from vitcompress.errors import VitCompressError
+from vitcompress.models.attention import AttentionCore
+from vitcompress.models.mlp import SUPPORTED, MlpCore, hidden_units, mlp_kind
+from vitcompress.models.sliced_norm import check_sliceable
+from vitcompress.slim.config import SlimConfig
 
 
 class MaskedSharedWeights(nn.Module):
-    """A multiplexed group's shared linears plus the masks all layers of the group share."""
+    """A multiplexed group's shared weights (its linears and any bias table) plus the masks its layers share."""
 
     def __init__(self, shared: nn.Module, dim_mask_shape: tuple[int, int] | None, hidden: int | None) -> None:
         super().__init__()
-        self.qkv, self.proj, self.fc1, self.fc2 = shared.qkv, shared.proj, shared.fc1, shared.fc2
-        device = shared.qkv.weight.device
+        for name, child in shared.named_children():
+            self.add_module(name, child)
+        for name, param in shared.named_parameters(recurse=False):  # e.g. Swin's bias table, EVA's q/v biases
+            self.register_parameter(name, param)
+        for name, buf in shared.named_buffers(recurse=False):
+            self.register_buffer(name, buf, persistent=False)
+        device = shared.proj.weight.device
         self.dim_mask = nn.Parameter(torch.ones(dim_mask_shape, device=device)) if dim_mask_shape else None
         self.hidden_mask = nn.Parameter(torch.ones(hidden, device=device)) if hidden else None
 
 
-class MaskedAttention(nn.Module):
-    """Attention with a (heads, head_dim) mask on q, k and v ((heads, 1) on q/k-norm models: whole heads).
-
-    Owns qkv/proj/dim_mask on a plain model; on a multiplexed one they live in the bound shared group.
-    Always computes attention manually, so token key biases and head mixing fit in.
-    """
-
-    def __init__(self, attn: nn.Module, mask: bool, per_head: bool) -> None:
-        super().__init__()
-        self.num_heads, self.head_dim, self.scale = attn.num_heads, attn.head_dim, attn.scale
-        owns = hasattr(attn, "qkv")
-        if owns:
-            self.qkv = attn.qkv
-        self.q_norm, self.k_norm = attn.q_norm, attn.k_norm
-        if hasattr(attn, "v_tap"):
-            self.v_tap = attn.v_tap
-        self.transform = getattr(attn, "transform", None)
-        self.attn_drop, self.norm = attn.attn_drop, attn.norm
-        if owns:
-            self.proj = attn.proj
-        self.proj_drop = attn.proj_drop
-        shape = (self.num_heads, 1 if per_head else self.head_dim)
-        self.dim_mask = nn.Parameter(torch.ones(shape, device=attn.qkv.weight.device)) if owns and mask else None
-        self.masked = mask
-        self._shared: MaskedSharedWeights | None = None
-
-    def bind(self, shared: MaskedSharedWeights) -> None:
-        object.__setattr__(self, "_shared", shared)  # registered once, under model.blocks_shared
-
-    def forward(self, x: Tensor, key_bias: Tensor | None = None) -> Tensor:
-        w = self._shared if self._shared is not None else self
-        B, N, _ = x.shape
-        q, k, v = w.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        q, k = self.q_norm(q), self.k_norm(k)
-        if self.masked:
-            # After q/k-norm: a per-head scale before a LayerNorm over head_dim would be normalised away.
-            m = w.dim_mask.unsqueeze(1)  # (H, 1, d) or (H, 1, 1)
-            q, k, v = q * m, k * m, v * m
-        if hasattr(self, "v_tap"):
-            v = self.v_tap(v)
-        attn = (q * self.scale) @ k.transpose(-2, -1)
-        if self.transform is not None:
-            attn = self.transform.pre(attn)
-        if key_bias is not None:
-            attn = attn + key_bias  # after mixing: -inf must not be mixed into other heads' logits
-        attn = attn.softmax(dim=-1)
-        if self.transform is not None:
-            attn = self.transform.post(attn)
-        x = (self.attn_drop(attn) @ v).transpose(1, 2).reshape(B, N, self.num_heads * self.head_dim)
-        return self.proj_drop(w.proj(self.norm(x)))
+def masked_attention(attn: nn.Module, mask: bool, per_head: bool) -> AttentionCore:
+    """timm Attention (or a multiplexed core) with a (heads, head_dim) mask on q, k and v ((heads, 1) on q/k-norm
+    models: whole heads). A plain layer owns its mask; a multiplexed layer's lives in its group (rebound by
+    `MaskedBlock.bind`). Masked attention always runs the manual path, so token key biases and mixing fit in."""
+    if isinstance(attn, AttentionCore):  # multiplexed: weights and mask come from the bound group
+        return attn
+    shape = (attn.num_heads, 1 if per_head else attn.head_dim) if mask else None
+    return AttentionCore.of(attn, mask_shape=shape)
 
 
-class MaskedMlp(nn.Module):
-    """timm Mlp with one mask value per hidden unit after the activation."""
-
-    def __init__(self, mlp: nn.Module, mask: bool) -> None:
-        super().__init__()
-        owns = hasattr(mlp, "fc1")
-        if owns:
-            self.fc1 = mlp.fc1
-        self.act, self.drop1, self.norm = mlp.act, mlp.drop1, mlp.norm
-        if owns:
-            self.fc2 = mlp.fc2
-        self.drop2 = mlp.drop2
-        hidden = mlp.fc1.out_features if owns else None
-        self.hidden_mask = (nn.Parameter(torch.ones(hidden, device=mlp.fc1.weight.device)) if owns and mask
-                            else None)
-        self.masked = mask
-        self._shared: MaskedSharedWeights | None = None
-
-    def bind(self, shared: MaskedSharedWeights) -> None:
-        object.__setattr__(self, "_shared", shared)
-
-    def forward(self, x: Tensor) -> Tensor:
-        w = self._shared if self._shared is not None else self
-        h = self.act(w.fc1(x))
-        if self.masked:
-            h = h * w.hidden_mask
-        return self.drop2(w.fc2(self.norm(self.drop1(h))))
+def masked_mlp(mlp: nn.Module, mask: bool) -> MlpCore:
+    """A timm MLP (or a multiplexed core) with one mask value per hidden unit, after the (gated) activation:
+    owned on a plain layer, in the bound group on a multiplexed one."""
+    if isinstance(mlp, MlpCore):
+        return mlp
+    return MlpCore.of(mlp, mask=mask)
 
 
 class MaskedBlock(nn.Module):
@@ -120,14 +66,15 @@ class MaskedBlock(nn.Module):
                  token_init: float) -> None:
         super().__init__()
         self.norm1 = block.norm1
-        self.attn = MaskedAttention(block.attn, attn, per_head)
-        self.ls1, self.drop_path1 = block.ls1, block.drop_path1
+        self.attn = masked_attention(block.attn, attn, per_head)
+        self.post_norm = type(block).__name__ == "ResPostBlock" or bool(getattr(block, "post_norm", False))
+        self.ls1, self.drop_path1 = getattr(block, "ls1", nn.Identity()), block.drop_path1
         if hasattr(block, "mlp_transform"):  # multiplexed: layer-local depth-wise conv on the patch grid
             self.mlp_transform = block.mlp_transform
             self.num_prefix_tokens, self.grid = block.num_prefix_tokens, block.grid
         self.norm2 = block.norm2
-        self.mlp = MaskedMlp(block.mlp, mlp)
-        self.ls2, self.drop_path2 = block.ls2, block.drop_path2
+        self.mlp = masked_mlp(block.mlp, mlp)
+        self.ls2, self.drop_path2 = getattr(block, "ls2", nn.Identity()), block.drop_path2
         self.token_init = token_init
         device = block.norm1.weight.device if hasattr(block.norm1, "weight") else None
         self.token_mask = (nn.Parameter(torch.full((num_patches,), float(token_init), device=device))
@@ -155,11 +102,17 @@ class MaskedBlock(nn.Module):
             # log K, with K = 0 -> -inf exactly and no 0·inf in the backward pass.
             bias = torch.where(keep > 0, keep.clamp_min(1e-30).log(), float("-inf")).view(1, 1, 1, -1)
             scale = keep.view(1, -1, 1)
-        update = self.drop_path1(self.ls1(self.attn(self.norm1(x), bias)))
+        if self.post_norm:  # timm's ResPostBlock: the norms follow the branches
+            update = self.drop_path1(self.norm1(self.attn(x, key_bias=bias)))
+        else:
+            update = self.drop_path1(self.ls1(self.attn(self.norm1(x), key_bias=bias)))
         x = x + (update if scale is None else update * scale)
         if getattr(self, "mlp_transform", None) is not None:
             x = self.mlp_transform.forward_tokens(x, self.num_prefix_tokens, self.grid)
-        update = self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
+        if self.post_norm:
+            update = self.drop_path2(self.norm2(self.mlp(x)))
+        else:
+            update = self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
         return x + (update if scale is None else update * scale)
 
 
@@ -200,3 +153,108 @@ class MaskedBlocks(nn.ModuleList):
             weight = pooled * (pooled.numel() / pooled.sum().clamp_min(1e-12))
             x = torch.cat([x[:, : self.pool_from], x[:, self.pool_from:] * weight.view(1, -1, 1)], dim=1)
         return x
+
+
+def is_per_head(model: nn.Module) -> bool:
+    """q/k-norm models keep attention heads whole (a LayerNorm over fewer dims would be another function)."""
+    return not isinstance(model.blocks[0].attn.q_norm, nn.Identity)
+
+
+
+def check_vit_masks(model: nn.Module, config: SlimConfig) -> None:
+    """Refuse what the masked ViT does not model exactly, in one line naming the block and the fix."""
+    for i, blk in enumerate(model.blocks):
+        kind = type(blk).__name__
+        if kind not in ("Block", "ResPostBlock", "MultiplexedBlock") or type(blk.attn).__name__ not in (
+                "Attention", "AttentionCore"):
+            raise VitCompressError(
+                f"block {i} is {kind}/{type(blk.attn).__name__}; ViT-Slim masks support timm's Block/Attention "
+                "and vitcompress's multiplexed blocks"
+            )
+        if mlp_kind(blk.mlp) is None:
+            raise VitCompressError(f"block {i} has a {type(blk.mlp).__name__} MLP; ViT-Slim masks support {SUPPORTED}")
+        if getattr(blk.attn, "gate", None) is not None:
+            raise VitCompressError(f"block {i} uses gated attention, which ViT-Slim masks do not support")
+        check_inner_norms(f"block {i}", blk, config, "scale_attn_norm", "scale_mlp_norm")
+        if config.tokens and getattr(blk, "mlp_transform", None) is not None:
+            raise VitCompressError(
+                "token masks cannot be combined with the multiplexed depth-wise-conv MLP transformation, which "
+                "needs the full patch grid; use SlimConfig(tokens=False) or multiplex with mlp_transform=False"
+            )
+    check_no_grad_checkpointing(model)
+    if config.tokens:
+        _check_token_pooling(model)
+
+
+def check_inner_norms(where: str, block: nn.Module, config: SlimConfig, attn_norm: str, mlp_norm: str) -> None:
+    """Refuse masks on a layer whose inner norm (over all its attention dims or MLP units) extraction cannot
+    slice exactly: a LayerNorm can be (`models.sliced_norm`), other norms not; `attn_norm`/`mlp_norm` name
+    timm's option."""
+    if config.attn:
+        check_sliceable(block.attn.norm, where, attn_norm, "attn")
+    if config.mlp:
+        check_sliceable(block.mlp.norm, where, mlp_norm, "mlp")
+
+
+def check_no_grad_checkpointing(model: nn.Module) -> None:
+    if getattr(model, "grad_checkpointing", False):
+        raise VitCompressError("turn off gradient checkpointing (model.set_grad_checkpointing(False)) before masking")
+
+
+def _check_token_pooling(model: nn.Module) -> None:
+    if model.dynamic_img_size:
+        raise VitCompressError("token masks need a fixed patch grid; build the model with dynamic_img_size=False")
+    if model.attn_pool is not None or model.global_pool not in ("token", "avg"):
+        raise VitCompressError(
+            f"token masks support class-token or average pooling, not global_pool={model.global_pool!r}; "
+            "use SlimConfig(tokens=False)"
+        )
+    if model.global_pool == "avg" and not isinstance(model.norm, nn.Identity):
+        raise VitCompressError(
+            "token masks with average pooling need the final norm after pooling (fc_norm), so dropped tokens "
+            "can be left out of the mean exactly; this model normalises before pooling: use SlimConfig(tokens=False)"
+        )
+
+
+def pool_from(model: nn.Module) -> int | None:
+    """First token index the average pool reads (None for class-token pooling)."""
+    if model.global_pool != "avg":
+        return None
+    return 0 if model.pool_include_prefix else model.num_prefix_tokens
+
+
+def attach_vit_masks(model: nn.Module, config: SlimConfig) -> nn.Module:
+    """Replace, in place, the blocks of a (plain or multiplexed) ViT by masked ones."""
+    per_head = is_per_head(model)
+    shared = getattr(model, "blocks_shared", None)
+    blk0 = model.blocks[0]
+    if shared is not None:
+        heads, head_dim = blk0.attn.num_heads, blk0.attn.head_dim
+        for g, weights in enumerate(shared):
+            mask_shape = (heads, 1 if per_head else head_dim) if config.attn else None
+            shared[g] = MaskedSharedWeights(weights, mask_shape, hidden_units(weights) if config.mlp else None)
+    num_patches = model.patch_embed.num_patches if config.tokens else None
+    layers = []
+    for blk in model.blocks:
+        layer = MaskedBlock(blk, config.attn, config.mlp, per_head, num_patches, config.token_init)
+        if shared is not None:
+            layer.bind(shared[blk.group])
+            layer.group = blk.group
+        layers.append(layer)
+    model.blocks = MaskedBlocks(layers, model.num_prefix_tokens, config.tokens,
+                                pool_from(model) if config.tokens else None)
+    return model
+
+
+def vit_mask_tensors(model: nn.Module) -> dict[str, list[Tensor]]:
+    shared = getattr(model, "blocks_shared", None)
+    owners_attn = [w.dim_mask for w in shared] if shared is not None else [b.attn.dim_mask for b in model.blocks]
+    owners_mlp = [w.hidden_mask for w in shared] if shared is not None else [b.mlp.hidden_mask for b in model.blocks]
+    out: dict[str, list[Tensor]] = {}
+    if owners_attn[0] is not None:
+        out["attn"] = owners_attn
+    if owners_mlp[0] is not None:
+        out["mlp"] = owners_mlp
+    if model.blocks[0].token_mask is not None:
+        out["tokens"] = [b.token_mask for b in model.blocks]
+    return out

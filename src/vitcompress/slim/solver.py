@@ -22,6 +22,11 @@ layer runs one attention call per distinct width: at small model sizes each call
 time. With equal heads every head of an owner keeps the same w dims, its top w by score, with w the threshold's
 kept dims of that owner over its heads, rounded: about the same dims per layer, one attention call per layer.
 w never falls as the threshold keeps more, so the budget bisection still holds.
+
+Hardware alignment (`multiple_of=k`, `multiple_of_tokens=t`). After the threshold (and equal heads), every head
+width and MLP width is rounded to a multiple of k, every layer's sequence length to a multiple of t, each keeping
+its best units (rules in `vitcompress.slim.align`). Rounding never falls as the threshold keeps more, so costs
+stay monotone and the bisection meets the budget with the rounded widths.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from torch import nn
 
 from vitcompress.errors import VitCompressError
 from vitcompress.models.spec import unwrap
+from vitcompress.slim.align import align_groups, align_tokens, check_fits, check_multiple
 from vitcompress.slim.attach import is_masked, mask_tensors
 from vitcompress.slim.config import MASK_TYPES
 from vitcompress.slim.cost import structure_of
@@ -46,15 +52,18 @@ MODES = ("share", "joint")
 class _Candidates:
     """Every mask element of one type as flat numpy arrays, and the order in which thresholds keep them.
 
-    `shapes` are the owners' mask shapes (attn/mlp; they differ across Swin stages), laid out owner after owner;
-    `head` is the global head index of each attention element (for the heads an owner keeps).
+    `shapes` are the owners' mask shapes (attn/mlp; they differ across Swin stages), laid out owner after owner.
+    Units are rounded (equal heads, `multiple_of`) per group: `group` is each element's group (attn: its global
+    head, mlp: its owner), `rank_in_group` its rank there (best score first, ties by index), `group_width` each
+    group's full width. Tokens have `ranking` instead: per layer, the patch indices best first.
     """
 
     def __init__(self, score: np.ndarray, owner: np.ndarray, size: int, order: np.ndarray,
-                 shapes: list[tuple[int, ...]] | None = None, head: np.ndarray | None = None,
-                 rank_in_head: np.ndarray | None = None) -> None:
+                 shapes: list[tuple[int, ...]] | None = None, group: np.ndarray | None = None,
+                 rank_in_group: np.ndarray | None = None, ranking: np.ndarray | None = None) -> None:
         self.score, self.owner, self.size, self.order = score, owner, size, order
-        self.shapes, self.head, self.rank_in_head = shapes, head, rank_in_head
+        self.shapes, self.group, self.rank_in_group, self.ranking = shapes, group, rank_in_group, ranking
+        self.group_width = None if group is None else np.bincount(group)
 
     def __len__(self) -> int:
         return len(self.score)
@@ -87,25 +96,33 @@ def _candidates(model: nn.Module, s: AnyStructure) -> dict[str, _Candidates]:
         head = np.concatenate([(h + starts[i]).ravel() for i, (h, _) in enumerate(grids)])
         size = s.head_dim_of(0) if s.per_head else 1  # per-head masks only on uniform ViTs with q/k-norm
         # Rank of each dim within its head, best score first (ties by dim index): what equal heads keep.
-        in_head = np.concatenate([np.argsort(np.argsort(-v, axis=1, kind="stable"), axis=1).ravel() for v in vals])
+        in_head = np.concatenate([_rank_best_first(v, axis=1).ravel() for v in vals])
         out["attn"] = _Candidates(score, o, size, np.lexsort((o, rank, -score)), [v.shape for v in vals], head,
                                   in_head)
     if "mlp" in masks:
         score, o, vals = _owner_arrays(masks["mlp"])  # per owner (hidden,)
         rank = np.concatenate([np.arange(v.size) / v.size for v in vals])
-        out["mlp"] = _Candidates(score, o, 1, np.lexsort((o, rank, -score)), [v.shape for v in vals])
+        in_owner = np.concatenate([_rank_best_first(v, axis=0) for v in vals])
+        out["mlp"] = _Candidates(score, o, 1, np.lexsort((o, rank, -score)), [v.shape for v in vals], o, in_owner)
     if "tokens" in masks:
         with torch.no_grad():
             keeps = torch.stack(unwrap(model).blocks.keeps()).float().cpu()  # (layers, patches)
         vals = torch.cummin(keeps, dim=0).values.numpy()
         layer, j = (a.ravel() for a in np.indices(vals.shape))
         # Ties by position, then layer: with non-increasing scores every prefix of this order is nested.
-        out["tokens"] = _Candidates(vals.ravel(), layer, 1, np.lexsort((layer, j, -vals.ravel())))
+        ranking = np.argsort(-vals, axis=1, kind="stable")  # per layer, ties by position as well
+        out["tokens"] = _Candidates(vals.ravel(), layer, 1, np.lexsort((layer, j, -vals.ravel())), ranking=ranking)
     return out
 
 
+def _rank_best_first(values: np.ndarray, axis: int) -> np.ndarray:
+    """Rank of every value along `axis`, highest first, ties by index."""
+    return np.argsort(np.argsort(-values, axis=axis, kind="stable"), axis=axis)
+
+
 class _Solver:
-    def __init__(self, model: nn.Module, equal_heads: bool = False) -> None:
+    def __init__(self, model: nn.Module, equal_heads: bool = False, multiple_of: int = 1,
+                 multiple_of_tokens: int = 1) -> None:
         model = unwrap(model)
         if not is_masked(model):
             raise VitCompressError("select needs a masked model; make one with vc.attach_masks(model, SlimConfig())")
@@ -120,6 +137,28 @@ class _Solver:
         if "attn" in self.cands:
             c = self.cands["attn"]
             self.head_owner = np.concatenate([np.full(shape[0], o) for o, shape in enumerate(c.shapes)])
+        self.requested = {"multiple_of": check_multiple("multiple_of", multiple_of),
+                          "multiple_of_tokens": check_multiple("multiple_of_tokens", multiple_of_tokens)}
+        self.multiples = self._multiples(*self.requested.values())
+
+    def _multiples(self, k: int, k_tokens: int) -> dict[str, int]:
+        """The multiple each mask type's widths are rounded to (types absent: left as thresholded), checked."""
+        out = {}
+        if k > 1:
+            # Whole-head masks keep every head whole (0 or head_dim wide): nothing to round there.
+            rounded = ("mlp",) if self.s.per_head else ("attn", "mlp")
+            kinds = [kind for kind in rounded if kind in self.cands]
+            what = {"attn": "dims of the narrowest attention head", "mlp": "units of the narrowest MLP"}
+            check_fits("multiple_of", k, {what[kind]: int(self.cands[kind].group_width.min()) for kind in kinds})
+            out.update(dict.fromkeys(kinds, k))
+        if k_tokens > 1:
+            if "tokens" not in self.cands:
+                raise VitCompressError(f"multiple_of_tokens={k_tokens} given but the model has no token masks; "
+                                       "attach them with SlimConfig(tokens=True) or leave it at 1")
+            check_fits("multiple_of_tokens", k_tokens, {"tokens of the full sequence": self.s.num_prefix
+                                                        + self.s.num_patches})
+            out["tokens"] = k_tokens
+        return out
 
     def taken(self, counts: dict[str, int]) -> dict[str, np.ndarray]:
         out = {}
@@ -132,14 +171,25 @@ class _Solver:
         if "tokens" in out:
             grid = out["tokens"].reshape(self.s.depth, -1)
             grid[:, self.forced_token] = True
-        return out
+        return self._align(out)
+
+    def _align(self, taken: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Round the thresholded widths to their multiples (`vitcompress.slim.align`)."""
+        for kind, k in self.multiples.items():
+            c = self.cands[kind]
+            if kind == "tokens":
+                grid = taken[kind].reshape(self.s.depth, -1)
+                taken[kind] = align_tokens(grid, c.ranking, self.s.num_prefix, k).ravel()
+            else:
+                taken[kind] = align_groups(taken[kind], c.group, c.rank_in_group, c.group_width, k)
+        return taken
 
     def _equalize(self, flags: np.ndarray) -> np.ndarray:
         """Every head of an owner keeps its top w dims, w = the owner's kept dims / its heads, rounded."""
         c = self.cands["attn"]
         heads = np.array([shape[0] for shape in c.shapes])
         width = np.floor(np.bincount(c.owner[flags], minlength=len(heads)) / heads + 0.5).astype(int)
-        return c.rank_in_head < width[c.owner]
+        return c.rank_in_group < width[c.owner]
 
     def widths(self, taken: dict[str, np.ndarray]) -> tuple[list[int], list[int], list[int]]:
         attn, hidden, tokens = self.s.full()
@@ -159,7 +209,7 @@ class _Solver:
         if "attn" not in taken:
             return [self.s.heads_of(o) for o in range(owners)]
         c = self.cands["attn"]
-        hit = np.bincount(c.head[taken["attn"]], minlength=len(self.head_owner)) > 0
+        hit = np.bincount(c.group[taken["attn"]], minlength=len(self.head_owner)) > 0
         return np.bincount(self.head_owner[hit], minlength=owners).tolist()
 
     def cost(self, taken: dict[str, np.ndarray]) -> tuple[int, int]:
@@ -185,6 +235,9 @@ class _Solver:
         shares = {k: round(float(v.mean()), 6) for k, v in taken.items()}
         if self.equal_heads:
             info["equal_heads"] = True
+        for name, k in self.requested.items():  # how it was made: reproducible from the saved selection
+            if k > 1:
+                info[name] = k
         info = {**info, "shares": shares, "macs": macs, "params": params,
                 "macs_ratio": macs / self.full_macs, "params_ratio": params / self.full_params}
         if hasattr(s, "stage_shares"):  # Swin: how the kept dims spread over the stages
@@ -201,6 +254,8 @@ def select(
     dims: dict[str, float] | None = None,
     mode: str = "share",
     equal_heads: bool = False,
+    multiple_of: int = 1,
+    multiple_of_tokens: int = 1,
 ) -> Selection:
     """Choose what to keep from a masked model's mask values, for one budget.
 
@@ -213,13 +268,19 @@ def select(
         equal_heads: Every head of a layer keeps the same number of dims (about the layer's thresholded total,
             each head's best), so the extracted layer runs one attention call instead of one per width: faster
             on small models, at the price of departing from the pure threshold.
+        multiple_of: Round every kept head width and MLP width to a multiple of this (8 suits fp16 Tensor Cores
+            and flash attention), each keeping its best units; the full width is also allowed, and a head rounded
+            to 0 is removed. Budgets are met on the rounded widths; `dims` shares become approximate.
+        multiple_of_tokens: Round every layer's sequence length (prefix + kept patch tokens) to a multiple of
+            this, keeping at least one patch token.
 
     Returns:
         The `Selection`; its `info` holds the achieved MACs/params and their ratios to the original.
 
     Raises:
-        VitCompressError: On no or several targets, a target outside (0, 1], an unknown or unmasked type, or a
-            target below what the masks can reach.
+        VitCompressError: On no or several targets, a target outside (0, 1], an unknown or unmasked type, a
+            target below what the masks can reach, or a multiple that is not a positive int or exceeds a width
+            it rounds.
     """
     given = {k: v for k, v in (("macs", macs), ("params", params), ("dims", dims)) if v is not None}
     if len(given) != 1:
@@ -231,7 +292,7 @@ def select(
         raise VitCompressError(f"mode={mode!r} is not one of {MODES}")
     if not isinstance(equal_heads, bool):
         raise VitCompressError(f"equal_heads={equal_heads!r} must be True or False")
-    solver = _Solver(model, equal_heads)
+    solver = _Solver(model, equal_heads, multiple_of, multiple_of_tokens)
     if dims is not None:
         return _select_dims(solver, dims)
     key, target = next(iter(given.items()))

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from vitcompress.errors import VitCompressError
+from vitcompress.models.layers import transformer_layers
 from vitcompress.models.spec import unwrap
 from vitcompress.slim.attach import is_masked, mask_tensors
 from vitcompress.slim.config import SparsityConfig
@@ -51,7 +52,8 @@ def sparsity_loss(model: nn.Module, weights: Mapping[str, list[float]]) -> tuple
     parts: dict[str, Tensor] = {}
     for kind, tensors in masks.items():
         if kind == "tokens":
-            values = [torch.tanh(t) / math.tanh(blk.token_init) for t, blk in zip(tensors, model.blocks, strict=True)]
+            layers = transformer_layers(model)
+            values = [torch.tanh(t) / math.tanh(blk.token_init) for t, blk in zip(tensors, layers, strict=True)]
         else:
             values = list(tensors)
         term = sum(w * v.abs().sum() for w, v in zip(weights[kind], values, strict=True))

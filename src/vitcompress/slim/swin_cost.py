@@ -5,7 +5,8 @@ MACs per image, as `vitcompress.metrics.count_macs` counts them on the extracted
                 + depth-wise convs of the multiplexed MLP transformation (C·k²·T)
     layer l:    Tp·C·(3A + A)   qkv + proj on the window-padded map   Tp = nW·N tokens after padding
                 2·nW·N²·A       q@kᵀ and attn@v, per window            N = window area, A = attention dims kept
-                2·T·C·F         fc1 + fc2 on the unpadded map          T = H·W, F = MLP hidden units kept
+                (1+r)·T·C·F     MLP linears on the unpadded map        T = H·W, F = MLP hidden units kept,
+                                                                       r = input rows per unit (2 if gated)
                 2·H²·nW·N²      head mixing (multiplexed: both H×H mixes, none when A = 0)
 Params: qkv/proj/fc1/fc2 at the kept widths, plus the relative-position bias table: one column per kept head
 (all H columns with head mixing, where removed heads keep their slot); the rest is fixed. Embedding widths are
@@ -20,7 +21,10 @@ from typing import ClassVar
 from torch import nn
 
 from vitcompress.metrics.params import count_params
-from vitcompress.models.layers import head_dim, transformer_layers
+from vitcompress.models.attention import attention_weights, qkv_bias_parts
+from vitcompress.models.family import family_of
+from vitcompress.models.layers import head_dim, is_mask_param, transformer_layers
+from vitcompress.models.mlp import mlp_kind
 from vitcompress.models.spec import unwrap
 from vitcompress.models.swin import padded_size
 
@@ -45,15 +49,20 @@ class SwinStructure:
     head_dims: tuple[int, ...]
     hiddens: tuple[int, ...]
     table_rows: tuple[int, ...]
-    qkv_bias: bool
+    qkv_bias: int
+    """How many of q, k and v have a bias (3 or 0)."""
     proj_bias: bool
     fc1_bias: bool
     fc2_bias: bool
     fixed_macs: int
     fixed_params: int
-
-    per_head: ClassVar[bool] = False
-    """Swin has no q/k-norm: any subset of a head's dims can be kept."""
+    mlp_rows: int = 1
+    """Input-linear rows per MLP hidden unit: 1 (fc1), or 2 for gated MLPs (gate and value)."""
+    cpb_hidden: int = 0
+    """Swin V2: hidden width of the continuous position-bias MLP (2 -> hidden -> heads), run by every layer on
+    its window's relative coordinates; 0 for Swin's learned table."""
+    per_head: bool = False
+    """Heads kept or removed whole (Swin V2's cosine attention normalises over all of a head's dims)."""
     has_tokens: ClassVar[bool] = False
     """No token masks: the paper searched Swin with attention and MLP masks only."""
     num_patches: ClassVar[int] = 0
@@ -90,38 +99,54 @@ class SwinStructure:
         return ([h * d for h, d in zip(self.heads, self.head_dims, strict=True)], list(self.hiddens),
                 list(self.tokens))
 
-    def layer_macs(self, layer: int, attn_dims: int, hidden: int) -> int:
-        """MACs of one layer's linears, window attention and head mixing at the given widths."""
+    def layer_macs(self, layer: int, attn_dims: int, hidden: int, heads: int | None = None) -> int:
+        """MACs of one layer's linears, window attention, head mixing and position-bias MLP at the given widths
+        (`heads`: heads that keep any dims, None: all)."""
         c, t, tp, n = self.dim[layer], self.tokens[layer], self.padded_tokens[layer], self.window_area[layer]
-        macs = 4 * tp * c * attn_dims + 2 * tp * n * attn_dims + 2 * t * c * hidden
+        macs = 4 * tp * c * attn_dims + 2 * tp * n * attn_dims + (1 + self.mlp_rows) * t * c * hidden
+        owner = self.owner[layer]
         if self.head_mix[layer] and attn_dims:  # no attention dims left: the layer skips attention entirely
-            heads = self.heads[self.owner[layer]]
-            macs += 2 * heads * heads * n * tp
+            macs += 2 * self.heads[owner] * self.heads[owner] * n * tp
+        if self.cpb_hidden and attn_dims:
+            h = self.cpb_hidden
+            macs += self.table_rows[owner] * (2 * h + h * self.bias_columns(owner, heads))
         return macs
 
+    def bias_columns(self, owner: int, heads: int | None) -> int:
+        """Position-bias columns the owner keeps: one per kept head, or all of them with head mixing."""
+        return self.heads[owner] if heads is None or self.owner_mix(owner) else heads
+
     def owner_params(self, owner: int, attn_dims: int, hidden: int, heads: int) -> int:
-        """qkv, proj, fc1, fc2 and bias table of one owner with `heads` heads that keep any dims."""
+        """qkv, proj, MLP and position bias (table, or V2's MLP and logit scales) of one owner with `heads` heads
+        that keep any dims."""
         c = self.dim[self.layers_of(owner)[0]]
-        columns = self.heads[owner] if self.owner_mix(owner) else heads
-        return (3 * attn_dims * (c + self.qkv_bias) + attn_dims * c + c * self.proj_bias
-                + hidden * (c + self.fc1_bias) + hidden * c + c * self.fc2_bias + self.table_rows[owner] * columns)
+        columns = self.bias_columns(owner, heads)
+        if self.cpb_hidden:  # Linear(2, h) with bias, Linear(h, columns) without; one logit scale per kept head
+            bias_params = 3 * self.cpb_hidden + self.cpb_hidden * columns + heads
+        else:
+            bias_params = self.table_rows[owner] * columns
+        return (3 * attn_dims * c + attn_dims * self.qkv_bias + attn_dims * c + c * self.proj_bias
+                + hidden * self.mlp_rows * (c + self.fc1_bias) + hidden * c + c * self.fc2_bias + bias_params)
 
     def cost(self, attn_dims: list[int], hidden: list[int], tokens: list[int] | None = None,
              heads: list[int] | None = None) -> tuple[int, int]:
         """(MACs per image, params) of the extracted model from per-owner widths and kept heads (`tokens` is
         ignored: Swin keeps every token; `heads` None: every head kept)."""
         heads = list(self.heads) if heads is None else heads
-        macs = self.fixed_macs + sum(self.layer_macs(i, attn_dims[o], hidden[o]) for i, o in enumerate(self.owner))
+        macs = self.fixed_macs + sum(self.layer_macs(i, attn_dims[o], hidden[o], heads[o])
+                                     for i, o in enumerate(self.owner))
         params = self.fixed_params + sum(self.owner_params(o, attn_dims[o], hidden[o], heads[o])
                                          for o in range(self.num_owners))
         return int(macs), int(params)
 
     def element_macs(self) -> dict[str, list[float]]:
         """MACs one mask element controls in the unslimmed model, per owner: an attention dim costs
-        Tp·(4C + 2N) in every layer of its owner, an MLP unit 2·T·C."""
+        Tp·(4C + 2N) in every layer of its owner, an MLP unit (1+r)·T·C."""
         attn = [float(sum(self.padded_tokens[i] * (4 * self.dim[i] + 2 * self.window_area[i])
-                          for i in self.layers_of(o))) for o in range(self.num_owners)]
-        mlp = [float(sum(2 * self.tokens[i] * self.dim[i] for i in self.layers_of(o))) for o in range(self.num_owners)]
+                          for i in self.layers_of(o))) * (self.head_dims[o] if self.per_head else 1)
+                for o in range(self.num_owners)]
+        mlp = [float(sum((1 + self.mlp_rows) * self.tokens[i] * self.dim[i] for i in self.layers_of(o)))
+               for o in range(self.num_owners)]
         return {"attn": attn, "mlp": mlp}
 
     def stage_shares(self, attn_dims: list[int], hidden: list[int]) -> dict[str, list[float]]:
@@ -144,18 +169,25 @@ def shared_groups(model: nn.Module) -> list[nn.Module] | None:
     return [w for stage in stages for w in getattr(stage, "blocks_shared", [])]
 
 
-def owner_weights(model: nn.Module, owner: int) -> tuple[nn.Module, ...]:
-    """qkv, proj, fc1, fc2 and the module holding the bias table, of one owner (layer or multiplexed group)."""
+def owner_weights(model: nn.Module, owner: int) -> dict[str, nn.Module | nn.Parameter]:
+    """The attention weights (`attention_weights`: projections, biases, bias table or position-bias MLP, logit
+    scales) and MLP linears of one owner: a layer's own, or its multiplexed group's."""
+    kind = mlp_kind(transformer_layers(model)[0].mlp)
     shared = shared_groups(model)
     if shared is not None:
-        w = shared[owner]
-        return w.qkv, w.proj, w.fc1, w.fc2, w
-    blk = transformer_layers(model)[owner]
-    return blk.attn.qkv, blk.attn.proj, blk.mlp.fc1, blk.mlp.fc2, blk.attn
+        attn = mlp = shared[owner]
+    else:
+        blk = transformer_layers(model)[owner]
+        attn, mlp = blk.attn, blk.mlp
+    return {**attention_weights(attn), **{name: getattr(mlp, name) for name in kind.linears}}
+
+
+def _numel(weights: nn.Module | nn.Parameter) -> int:
+    return weights.numel() if isinstance(weights, nn.Parameter) else sum(p.numel() for p in weights.parameters())
 
 
 def swin_structure_of(model: nn.Module) -> SwinStructure:
-    """Read the cost-model inputs off a plain, multiplexed or masked timm Swin."""
+    """Read the cost-model inputs off a plain, multiplexed or masked timm Swin (V1 or V2)."""
     model = unwrap(model)
     blocks = transformer_layers(model)
     shared = shared_groups(model)
@@ -164,11 +196,14 @@ def swin_structure_of(model: nn.Module) -> SwinStructure:
     owners = max(owner) + 1
     first = [owner.index(o) for o in range(owners)]
     weights = [owner_weights(model, o) for o in range(owners)]
-    variable = sum(p.numel() for ws in weights for lin in ws[:4] for p in lin.parameters())
-    variable += sum(ws[4].relative_position_bias_table.numel() for ws in weights)
-    masks = sum(p.numel() for n, p in model.named_parameters() if "mask" in n.rsplit(".", 1)[-1])
+    variable = sum(_numel(w) for ws in weights for w in ws.values())
+    masks = sum(p.numel() for n, p in model.named_parameters() if is_mask_param(n))
     padded = [padded_size(tuple(blk.input_resolution), tuple(blk.window_size)) for blk in blocks]
-    qkv, proj, fc1, fc2, _ = weights[0]
+    kind = mlp_kind(blocks[0].mlp)
+    linears = weights[0]
+    proj, fc1, fc2 = linears["proj"], linears[kind.inputs[0]], linears["fc2"]
+    cpb = linears.get("cpb_mlp")
+    windows = [tuple(blocks[i].window_size) for i in first]
     return SwinStructure(
         owner=owner,
         stage=stage,
@@ -179,15 +214,24 @@ def swin_structure_of(model: nn.Module) -> SwinStructure:
         head_mix=tuple(getattr(blk.attn, "transform", None) is not None for blk in blocks),
         heads=tuple(int(blocks[i].attn.num_heads) for i in first),
         head_dims=tuple(head_dim(blocks[i].attn) for i in first),
-        hiddens=tuple(ws[2].out_features for ws in weights),
-        table_rows=tuple(ws[4].relative_position_bias_table.shape[0] for ws in weights),
-        qkv_bias=qkv.bias is not None,
+        hiddens=tuple(ws["fc2"].in_features for ws in weights),
+        table_rows=tuple((2 * h - 1) * (2 * w - 1) for h, w in windows),
+        qkv_bias=qkv_bias_parts(linears_holder(model, blocks)),
         proj_bias=proj.bias is not None,
         fc1_bias=fc1.bias is not None,
         fc2_bias=fc2.bias is not None,
         fixed_macs=_fixed_macs(model, blocks),
         fixed_params=count_params(model) - masks - variable,
+        mlp_rows=kind.rows_per_unit,
+        cpb_hidden=0 if cpb is None else int(cpb[0].out_features),
+        per_head=family_of(model).per_head,
     )
+
+
+def linears_holder(model: nn.Module, blocks: list[nn.Module]) -> nn.Module:
+    """The module holding owner 0's attention projections: its shared group, or the first block's attention."""
+    shared = shared_groups(model)
+    return shared[0] if shared is not None else blocks[0].attn
 
 
 def _fixed_macs(model: nn.Module, blocks: list[nn.Module]) -> int:

@@ -6,7 +6,7 @@ history = fit(model, train_loader, val_loader, CrossEntropyObjective(), TrainCon
 
 from vitcompress.train.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from vitcompress.train.config import TrainConfig
-from vitcompress.train.distributed import DistInfo, cleanup, is_main, setup_distributed
+from vitcompress.train.distributed import DistInfo, cleanup, setup_distributed
 from vitcompress.train.log import History
 from vitcompress.train.loop import fit
 from vitcompress.train.objectives import CrossEntropyObjective, Objective, head_logits
@@ -27,7 +27,6 @@ __all__ = [
     "cleanup",
     "fit",
     "head_logits",
-    "is_main",
     "load_checkpoint",
     "make_param_groups",
     "save_checkpoint",

@@ -77,11 +77,13 @@ class TrainConfig(BaseConfig):
                 f"warmup_epochs={self.warmup_epochs} must be in [0, epochs={self.epochs}]; shorten the warmup"
             )
         if self.clip_grad is not None and self.clip_grad <= 0:
-            raise VitCompressError(f"clip_grad={self.clip_grad} must be > 0; use None to disable clipping")
+            raise VitCompressError(
+                f"clip_grad={self.clip_grad} must be > 0; use None (--clip-grad none) to disable clipping")
         if self.amp not in AMP_MODES:
             raise VitCompressError(f"amp={self.amp!r} is not one of {AMP_MODES}; pick one of those")
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
-            raise VitCompressError(f"ema_decay={self.ema_decay} must be in (0, 1); use None to disable EMA")
+            raise VitCompressError(
+                f"ema_decay={self.ema_decay} must be in (0, 1); use None (--ema-decay none) to disable EMA")
         if self.seed < 0:
             raise VitCompressError(f"seed={self.seed} must be >= 0; pick a non-negative int")
         if self.grad_accum_steps < 1:

@@ -82,13 +82,6 @@ def setup_distributed(backend: str | None = None) -> DistInfo:
     return DistInfo(rank, world_size, local_rank, device)
 
 
-def is_main() -> bool:
-    """True on rank 0, or in a single-process run; safe to call before `setup_distributed`."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank() == 0
-    return int(os.environ.get("RANK", 0)) == 0
-
-
 def cleanup() -> None:
     """Destroy the default process group if one is initialised."""
     if dist.is_available() and dist.is_initialized():

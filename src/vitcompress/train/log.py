@@ -11,8 +11,6 @@ from typing import Any
 
 from torch import nn
 
-from vitcompress.errors import VitCompressError
-
 JSONL_FILE = "metrics.jsonl"
 CSV_FILE = "metrics.csv"
 
@@ -46,12 +44,6 @@ class History:
         """Values of `key` over the epochs that have it (e.g. `series("val_top1")`)."""
         return [r[key] for r in self.records if key in r]
 
-    def best(self, key: str, mode: str = "max") -> dict[str, Any]:
-        """The epoch record with the highest (`mode="max"`) or lowest (`"min"`) value of `key`."""
-        having = [r for r in self.records if key in r]
-        if not having or mode not in ("max", "min"):
-            raise VitCompressError(f"no epoch has {key!r} (or mode={mode!r} is not max/min); pick a logged key")
-        return (max if mode == "max" else min)(having, key=lambda r: r[key])
 
 
 class MetricsLogger:

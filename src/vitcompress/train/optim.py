@@ -18,9 +18,10 @@ from timm.scheduler import CosineLRScheduler
 from torch import nn
 
 from vitcompress.errors import VitCompressError
+from vitcompress.models.layers import MASK_PARAMS, is_mask_param
 from vitcompress.train.config import TrainConfig
 
-MASK_PATTERN = "*mask*"
+MASK_PATTERNS = (*MASK_PARAMS, *(f"*.{name}" for name in MASK_PARAMS))  # top-level or in a submodule
 """Parameters matching this fnmatch pattern get no weight decay: slimming masks are scores, not weights."""
 
 
@@ -39,13 +40,13 @@ def make_param_groups(model: nn.Module, weight_decay: float, mask_lr: float | No
     Returns:
         Param groups (each with a "name": "decay", "no_decay" or "mask") for `fit(param_groups=...)`.
     """
-    no_wd = [*getattr(model, "no_weight_decay", set)(), MASK_PATTERN]
+    no_wd = [*getattr(model, "no_weight_decay", set)(), *MASK_PATTERNS]
     groups = param_groups_weight_decay(model, weight_decay, no_weight_decay_list=no_wd)
     for group in groups:
         group["name"] = "decay" if group["weight_decay"] else "no_decay"
     if mask_lr is None:
         return groups
-    masks = [p for n, p in model.named_parameters() if p.requires_grad and "mask" in n]
+    masks = [p for n, p in model.named_parameters() if p.requires_grad and is_mask_param(n)]
     mask_ids = {id(p) for p in masks}
     for group in groups:
         group["params"] = [p for p in group["params"] if id(p) not in mask_ids]

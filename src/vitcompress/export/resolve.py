@@ -1,4 +1,6 @@
-"""Turn what a user types (a timm name, a saved vitcompress directory or a checkpoint file) into a model."""
+"""Turn what a user types (a timm name, a saved vitcompress directory or a checkpoint file) into a model.
+
+It lives with save/load, above the model adapters: `models` never imports `export` (no import cycle)."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import torch
 from torch import nn
 
 from vitcompress.errors import VitCompressError
+from vitcompress.export.io import check_not_onnx, load, load_state_dict_strict, read_spec
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 
@@ -42,8 +45,8 @@ def resolve_model(
     """
     model_args = dict(model_args or {})
     path = Path(ref)
+    check_not_onnx(path)  # before any other reading: an ONNX graph holds no torch module to rebuild
     if path.is_dir():
-        from vitcompress.export.io import load, read_spec
 
         if model_args:
             raise VitCompressError(f"{ref} is a saved model; its architecture is fixed, drop --model-args")
@@ -81,7 +84,6 @@ def create_timm_model(name: str, pretrained: bool, model_args: dict[str, Any]) -
 
 def load_checkpoint_file(model: nn.Module, path: Path) -> None:
     """Load a timm-style state dict from safetensors or a weights-only torch file (never unpickles code)."""
-    from vitcompress.export.io import load_state_dict_strict
 
     try:
         if path.suffix == ".safetensors":

@@ -1,0 +1,98 @@
+"""The figures of a run's report, drawn with matplotlib (an optional dependency: `pip install -e ".[plot]"`).
+
+Each function takes plain data (lists and dicts, not models or files), writes one PNG and returns its path, so the
+same figures serve the jobs, `vitcompress report` and the benchmarks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+PLOT_INSTALL = 'pip install matplotlib (or pip install -e ".[plot]")'
+
+
+def pyplot() -> Any:
+    """matplotlib's pyplot on the file-only Agg backend, or None when matplotlib is not installed."""
+    try:
+        import matplotlib
+    except ImportError:
+        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    pyplot().close(fig)
+    return path
+
+
+def plot_losses(epochs: Sequence[dict[str, Any]], keys: Sequence[str], path: Path) -> Path:
+    """Every loss component per epoch, one line each (log scale when they span decades)."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    x = [r["epoch"] for r in epochs]
+    positive = True
+    for k in keys:
+        y = [r.get(k) for r in epochs]
+        ax.plot(x, y, marker="o", markersize=3, label=k)
+        positive &= all(v is not None and v > 0 for v in y)
+    if positive and keys:
+        values = [r[k] for r in epochs for k in keys]
+        if max(values) / min(values) > 100:
+            ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss (epoch mean)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, ncol=2)
+    return _save(fig, path)
+
+
+def plot_accuracy(epochs: Sequence[dict[str, Any]], path: Path) -> Path:
+    """Validation top-1 and top-5 per epoch."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    x = [r["epoch"] for r in epochs]
+    for k, label in (("val_top1", "top-1"), ("val_top5", "top-5")):
+        if any(k in r for r in epochs):
+            ax.plot(x, [r.get(k) for r in epochs], marker="o", markersize=3, label=label)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("val accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, path)
+
+
+def plot_histograms(values: dict[str, Sequence[float]], path: Path) -> Path:
+    """One histogram per mask type of its values (for tokens: the keep value in [0, 1])."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(values), figsize=(4 * len(values), 3.2), squeeze=False)
+    for ax, (kind, vals) in zip(axes[0], values.items(), strict=True):
+        ax.hist(list(vals), bins=40, color="tab:blue", alpha=0.8)
+        ax.set_title(f"{kind} masks ({len(vals)} values)")
+        ax.set_xlabel("mask value")
+        ax.set_ylabel("count")
+    return _save(fig, path)
+
+
+def plot_kept_heatmap(kept: dict[str, list[list[float]]], rows: Sequence[str], path: Path,
+                      row_label: str) -> Path:
+    """One heat map per mask type: the kept fraction of each layer (columns) for each of `rows` (e.g. budgets)."""
+    plt = pyplot()
+    fig, axes = plt.subplots(len(kept), 1, figsize=(max(5.0, 0.4 * max(len(v[0]) for v in kept.values()) + 2),
+                                                    1.2 + 0.35 * len(rows) * len(kept) + 0.6 * len(kept)),
+                             squeeze=False)
+    for ax, (kind, grid) in zip(axes[:, 0], kept.items(), strict=True):
+        image = ax.imshow(grid, aspect="auto", vmin=0.0, vmax=1.0, cmap="viridis")
+        ax.set_title(f"{kind}: kept fraction per layer")
+        ax.set_yticks(range(len(rows)), list(rows))
+        ax.set_ylabel(row_label)
+        ax.set_xticks(range(len(grid[0])))
+        ax.set_xlabel("layer")
+        fig.colorbar(image, ax=ax, fraction=0.03)
+    return _save(fig, path)
