@@ -34,8 +34,8 @@ def test_dims_shares_are_exact_per_type(masked):
     sel = vc.select(masked, dims={"attn": 0.5, "mlp": 0.25})
     s = structure_of(masked)
     kept_attn = sum(len(h) for layer in sel.attn for h in layer)
-    assert kept_attn == round(0.5 * s.depth * s.num_heads * s.head_dim)
-    assert sum(len(u) for u in sel.mlp) == round(0.25 * s.depth * s.hidden)
+    assert kept_attn == round(0.5 * sum(s.full()[0]))  # one owner per layer
+    assert sum(len(u) for u in sel.mlp) == round(0.25 * sum(s.full()[1]))
     assert sel.tokens is None
 
 

@@ -253,9 +253,9 @@ class EvaFamily(IsotropicFamily):
         return eva_mask_tensors(model)
 
     def structure(self, model):
-        from vitcompress.slim.cost import vit_structure_of
+        from vitcompress.models.vit import vit_structure  # not at import: the families register in a fixed order
 
-        return dataclasses.replace(vit_structure_of(model), per_head=True)  # heads whole on Eva (see above)
+        return dataclasses.replace(vit_structure(model), per_head=True)  # heads whole on Eva (see above)
 
     def apply_selection(self, model, selection) -> None:
         from vitcompress.slim.pruned import apply_vit_selection

@@ -8,7 +8,7 @@ starts with its PatchMerging `downsample` (Identity in stage 0) and carries its 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import timm
 import torch
@@ -30,8 +30,13 @@ from vitcompress.models._timm import (
     shape_signature,
     verify_rebuild,
 )
-from vitcompress.models.family import Family, register_family
+from vitcompress.models.attention import qkv_bias_parts
+from vitcompress.models.family import Family, register_family, unwrap
 from vitcompress.models.layers import head_dim, window_layout
+from vitcompress.models.mlp import mlp_kind
+
+if TYPE_CHECKING:
+    from vitcompress.slim.cost import Structure
 
 FAMILY = "swin"
 
@@ -143,6 +148,77 @@ def padded_size(resolution: tuple[int, int], window: tuple[int, int]) -> tuple[i
     return tuple(math.ceil(r / w) * w for r, w in zip(resolution, window, strict=True))
 
 
+def shared_groups(model: nn.Module) -> list[nn.Module] | None:
+    """A multiplexed Swin's shared weights in global group order (stage by stage), or None for a plain one."""
+    stages = list(unwrap(model).layers)
+    if not any(hasattr(stage, "blocks_shared") for stage in stages):
+        return None
+    return [w for stage in stages for w in getattr(stage, "blocks_shared", [])]
+
+
+def swin_structure(model: nn.Module, per_head: bool = False) -> Structure:
+    """The slim cost structure (`slim.cost.Structure`) of a plain, multiplexed or masked timm Swin (V1 or V2): per
+    stage its width, map and windows (the map padded to whole windows), no prefix tokens and no token masks; every
+    stage's patch merging is a fixed cost. `per_head`: heads kept or removed whole (Swin V2)."""
+    from vitcompress.slim import cost
+
+    blocks = [blk for stage in model.layers for blk in stage.blocks]
+    shared = shared_groups(model)
+    owner = tuple(int(blk.group) for blk in blocks) if shared is not None else tuple(range(len(blocks)))
+    first = [owner.index(o) for o in range(max(owner) + 1)]
+    kind = mlp_kind(blocks[0].mlp)
+    holders = [(w, w) for w in shared] if shared is not None else [(blocks[i].attn, blocks[i].mlp) for i in first]
+    weights = [cost.owner_weights(attn, mlp, kind) for attn, mlp in holders]
+    proj, fc1, fc2 = weights[0]["proj"], weights[0][kind.inputs[0]], weights[0]["fc2"]
+    cpb = weights[0].get("cpb_mlp")
+    windows = [tuple(blocks[i].window_size) for i in first]
+    depth = len(blocks)
+    return cost.Structure(
+        owner=owner,
+        stage=tuple(s for s, stage in enumerate(model.layers) for _ in stage.blocks),
+        dim=tuple(int(blk.dim) for blk in blocks),
+        tokens=tuple(blk.input_resolution[0] * blk.input_resolution[1] for blk in blocks),
+        prefix=(0,) * depth,
+        padded_tokens=tuple(math.prod(padded_size(tuple(blk.input_resolution), tuple(blk.window_size)))
+                            for blk in blocks),
+        window_area=tuple(blk.window_size[0] * blk.window_size[1] for blk in blocks),
+        head_mix=tuple(getattr(blk.attn, "transform", None) is not None for blk in blocks),
+        conv_kernel=tuple(cost.conv_kernel(blk) for blk in blocks),
+        attn_norm=(0,) * depth,
+        mlp_norm=(0,) * depth,
+        heads=tuple(int(blocks[i].attn.num_heads) for i in first),
+        head_dims=tuple(head_dim(blocks[i].attn) for i in first),
+        hiddens=tuple(ws["fc2"].in_features for ws in weights),
+        table_rows=tuple((2 * h - 1) * (2 * w - 1) for h, w in windows),
+        has_tokens=False,
+        per_head=per_head,
+        qkv_bias=qkv_bias_parts(holders[0][0]),
+        proj_bias=proj.bias is not None,
+        fc1_bias=fc1.bias is not None,
+        fc2_bias=fc2.bias is not None,
+        fixed_macs=_fixed_macs(model),
+        fixed_params=cost.fixed_params(model, weights, 0),
+        mlp_rows=kind.rows_per_unit,
+        cpb_hidden=0 if cpb is None else int(cpb[0].out_features),
+    )
+
+
+def _fixed_macs(model: nn.Module) -> int:
+    """Patch embedding, every stage's patch merging (one Linear(4C, C') per merged token) and the classifier."""
+    from vitcompress.slim.cost import patch_embed_macs
+
+    macs = patch_embed_macs(model)
+    for stage in model.layers:
+        reduction = getattr(stage.downsample, "reduction", None)
+        if reduction is not None:
+            h, w = stage.output_resolution
+            macs += reduction.in_features * reduction.out_features * h * w
+    fc = getattr(model.head, "fc", None)
+    if isinstance(fc, nn.Linear):
+        macs += fc.in_features * fc.out_features
+    return int(macs)
+
+
 def swin_signature(model: nn.Module) -> list[tuple[Any, ...]]:
     # Shifts and windows change the forward without changing any shape; compare them too.
     layouts = [("layout", s, b, *window_layout(blk)) for s, st in enumerate(model.layers)
@@ -203,9 +279,7 @@ class SwinFamily(Family):
         return swin_mask_tensors(model)
 
     def structure(self, model):
-        from vitcompress.slim.swin_cost import swin_structure_of
-
-        return swin_structure_of(model)
+        return swin_structure(model, self.per_head)
 
     def apply_selection(self, model, selection) -> None:
         from vitcompress.slim.swin_pruned import apply_swin_selection

@@ -3,12 +3,12 @@
 A plain timm model is described by its registered architecture name plus the constructor arguments read back
 from its modules, so it can be rebuilt without the code that made it (and without pretrained weights). The
 family's surgeries live with their method: `multiplexing.vit` (multiplexed blocks), `slim.masked` /
-`slim.pruned` (masked and sliced attention), `slim.cost` (the cost structure).
+`slim.pruned` (masked and sliced attention); `vit_structure` reads the slim cost structure (`slim.cost`).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import timm
 import torch
@@ -17,9 +17,13 @@ from torch import nn
 
 from vitcompress.errors import VitCompressError
 from vitcompress.models._timm import architecture_name, drop_prob, patch_embed_kwargs, verify_rebuild
+from vitcompress.models.attention import qkv_bias_parts
 from vitcompress.models.family import IsotropicFamily, register_family
 from vitcompress.models.mlp import SUPPORTED as MLP_KINDS
 from vitcompress.models.mlp import mlp_kind
+
+if TYPE_CHECKING:
+    from vitcompress.slim.cost import Structure
 
 FAMILY = "vit"
 
@@ -92,6 +96,65 @@ def build_vit(desc: dict[str, Any], device: torch.device | str | None = None) ->
     return model.to(device) if device is not None else model
 
 
+def vit_structure(model: nn.Module) -> Structure:
+    """The slim cost structure (`slim.cost.Structure`) of a plain, multiplexed or masked timm ViT/DeiT (or another
+    isotropic family read the same way): one stage, one global attention window over the prefix and kept patch
+    tokens, no position-bias table; a multiplexed group's shared weights are one owner."""
+    from vitcompress.metrics.macs import count_module_macs
+    from vitcompress.slim import cost
+
+    blocks = list(model.blocks)
+    depth, attn0 = len(blocks), blocks[0].attn
+    shared = getattr(model, "blocks_shared", None)
+    owner = tuple(int(blk.group) for blk in blocks) if shared is not None else tuple(range(depth))
+    owners = max(owner) + 1
+    kind = mlp_kind(blocks[0].mlp)
+    holders = [(shared[o], shared[o]) if shared is not None else (blocks[o].attn, blocks[o].mlp)
+               for o in range(owners)]
+    weights = [cost.owner_weights(attn, mlp, kind) for attn, mlp in holders]
+    proj, fc1, fc2 = weights[0]["proj"], weights[0][kind.inputs[0]], weights[0]["fc2"]
+    attn_norm = tuple(cost.norm_entries(getattr(blk.attn, "norm", None)) for blk in blocks)
+    mlp_norm = tuple(cost.norm_entries(getattr(blk.mlp, "norm", None)) for blk in blocks)
+    inner_norms = sum(attn_norm) * attn0.num_heads * attn0.head_dim + sum(mlp_norm) * fc2.in_features
+    grid = model.patch_embed.grid_size
+    patches, prefix = grid[0] * grid[1], model.num_prefix_tokens
+    fixed_macs = cost.patch_embed_macs(model)
+    for head in (model.head, getattr(model, "head_dist", None)):
+        if isinstance(head, nn.Linear):
+            fixed_macs += head.in_features * head.out_features
+    pool = getattr(model, "attn_pool", None)
+    if pool is not None:  # attention pooling (MAP): a fixed cost, it reads every token at the full width
+        weight = next(pool.parameters())
+        x = torch.zeros(1, prefix + patches, model.embed_dim, device=weight.device, dtype=weight.dtype)
+        fixed_macs += count_module_macs(pool, x)
+    return cost.Structure(
+        owner=owner,
+        stage=(0,) * depth,
+        dim=(model.embed_dim,) * depth,
+        tokens=(patches,) * depth,
+        prefix=(prefix,) * depth,
+        padded_tokens=(patches,) * depth,
+        window_area=(0,) * depth,
+        head_mix=tuple(getattr(blk.attn, "transform", None) is not None for blk in blocks),
+        conv_kernel=tuple(cost.conv_kernel(blk) for blk in blocks),
+        attn_norm=attn_norm,
+        mlp_norm=mlp_norm,
+        heads=(attn0.num_heads,) * owners,
+        head_dims=(attn0.head_dim,) * owners,
+        hiddens=(fc2.in_features,) * owners,
+        table_rows=(0,) * owners,
+        has_tokens=True,
+        per_head=not isinstance(attn0.q_norm, nn.Identity),
+        qkv_bias=qkv_bias_parts(holders[0][0]),
+        proj_bias=proj.bias is not None,
+        fc1_bias=fc1.bias is not None,
+        fc2_bias=fc2.bias is not None,
+        fixed_macs=int(fixed_macs),
+        fixed_params=cost.fixed_params(model, weights, inner_norms),
+        mlp_rows=kind.rows_per_unit,
+    )
+
+
 class VitFamily(IsotropicFamily):
     name = FAMILY
     supported = "timm VisionTransformer (ViT/DeiT/DeiT-III)"
@@ -134,9 +197,7 @@ class VitFamily(IsotropicFamily):
         return vit_mask_tensors(model)
 
     def structure(self, model):
-        from vitcompress.slim.cost import vit_structure_of
-
-        return vit_structure_of(model)
+        return vit_structure(model)
 
     def apply_selection(self, model, selection) -> None:
         from vitcompress.slim.pruned import apply_vit_selection

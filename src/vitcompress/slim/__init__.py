@@ -1,7 +1,8 @@
 """ViT-Slim: soft masks on attention dims, MLP units and tokens; budget selection; physical extraction.
 
-ViT/DeiT: `masked.py`, `pruned.py`, `cost.py`. Swin (attention dims and MLP units, no token masks, as the paper
-searched it): `swin_masked.py`, `swin_pruned.py`, `swin_cost.py`; the verbs below dispatch by model family.
+ViT/DeiT: `masked.py`, `pruned.py`. Swin (attention dims and MLP units, no token masks, as the paper searched
+it): `swin_masked.py`, `swin_pruned.py`. One cost model for every family, `cost.py` (each family's adapter reads its
+model into the one `Structure`); the verbs below dispatch by model family.
 
     masked = attach_masks(model, SlimConfig(tokens=True))       # exact at init
     fit(masked, ..., SlimObjective(masked), ..., param_groups=slim_param_groups(masked, train, sparsity))

@@ -1,174 +1,205 @@
-"""Analytic params and MACs of a slimmed ViT, from its per-layer widths: no forward pass, microseconds per call.
+"""Analytic params and MACs of a slimmed model, from its per-owner widths: no forward pass, microseconds per call.
 
+One structure and one formula for every family. A layer runs n = p + t tokens (p prefix tokens, t kept patch
+tokens), its attention on the map padded to whole windows of N tokens; ViT/DeiT/Eva are the one-stage, one-window
+case (no padding, N = n), Swin has no prefix tokens and keeps every token (t = H·W, padded to Tp = nW·N).
 MACs per image, as `vitcompress.metrics.count_macs` counts them on the extracted model (matmuls and convs only):
-    fixed:      patch-embedding conv + classifier head(s) + an attention-pooling (MAP) head, counted on the module
-    layer l:    N·C·(3A + A)  qkv + proj          N = prefix + kept patch tokens at layer l
-                2·N²·A        q@kᵀ and attn@v     A = attention dims kept (sum over heads)
-                (1+r)·N·C·F   MLP linears         F = MLP hidden units kept, r = input rows per unit
-                                                  (1 for timm's Mlp, 2 — gate and value — for GLU/SwiGLU)
-                2·H²·N²       head mixing (multiplexed attention transformation: both H×H mixes; none if A = 0)
-                C·k²·P        depth-wise conv (multiplexed MLP transformation, P = all patches)
-Params: everything but the qkv/proj and MLP linears and the norms inside them is fixed; a multiplexed group's
-linears count once. A norm inside the attention or MLP (timm's scale_attn_norm / scale_mlp, one per layer) keeps
-its weight and bias entries of the kept dims, plus C (u) and C (c, with a bias) once anything is removed
-(`models.sliced_norm`).
+    fixed:      patch-embedding conv + classifier head(s) + what the family adds at full width (ViT: an
+                attention-pooling (MAP) head; Swin: every stage's patch merging, 4C_in·C_out per merged token)
+    layer l:    Na·C·(3A + A)   qkv + proj              Na = n + padding (ViT: n; Swin: Tp)
+                2·Na·N·A        q@kᵀ and attn@v          A = attention dims kept (sum over heads)
+                (1+r)·n·C·F     MLP linears              F = MLP hidden units kept, r = input rows per unit
+                                                         (1 for timm's Mlp, 2 — gate and value — for GLU/SwiGLU)
+                2·H²·Na·N       head mixing (multiplexed attention transformation: both H×H mixes)
+                R·(2h + h·B)    Swin V2's position-bias MLP (2 -> h -> B columns) on the window's R table rows
+                C·k²·T          depth-wise conv (multiplexed MLP transformation, T = all patches of the layer)
+    A layer with no attention dims left skips attention entirely: no head mixing, no position-bias MLP.
+Params: everything but each owner's weights (`owner_weights`: qkv/proj, the MLP linears, Swin's bias table or
+Swin V2's position-bias MLP and logit scales; a multiplexed group's count once) and the norms inside the attention
+or MLP is fixed. An owner keeps B bias columns: one per kept head, all H with head mixing (removed heads keep their
+slot). A norm inside the attention or MLP (timm's scale_attn_norm / scale_mlp, one per layer) keeps its weight and
+bias entries of the kept dims, plus C (u) and C (c, with a bias) once anything is removed (`models.sliced_norm`).
 Element-wise work (activations, gating, norms, softmax, rotary embeddings) is not counted: MACs are matmuls.
 
-Swin has its own structure (`vitcompress.slim.swin_cost.SwinStructure`: windows, stages, per-owner widths);
-`structure_of` returns whichever fits the model. Both answer the same questions for the solver, `Selection` and
-the sparsity loss: `heads_of/head_dim_of/hidden_of(owner)`, `full()`, `cost(...)`, `element_macs()`.
+Each family adapter reads its model into a `Structure` (`Family.structure`: `models.vit.vit_structure`,
+`models.swin.swin_structure`); `structure_of` dispatches. The solver, `Selection` and the sparsity loss ask it
+the same questions for every family: `heads_of/head_dim_of/hidden_of(owner)`, `full()`, `cost(...)`,
+`element_macs()`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 
-import torch
 from torch import nn
 
-from vitcompress.metrics.macs import count_module_macs
 from vitcompress.metrics.params import count_params
-from vitcompress.models.attention import attention_weights, qkv_bias_parts
+from vitcompress.models.attention import attention_weights
 from vitcompress.models.family import family_of, unwrap
 from vitcompress.models.layers import is_mask_param
-from vitcompress.models.mlp import mlp_kind
-from vitcompress.slim.swin_cost import SwinStructure
+from vitcompress.models.mlp import MlpKind
 
 
 @dataclasses.dataclass(frozen=True)
 class Structure:
-    """The widths and constants of a ViT that the slim cost model needs, read once off the (masked) model."""
+    """The widths, token layouts and constants the slim cost model needs, read once off a (plain, multiplexed or
+    masked) model. Per-layer tuples run in execution order over all stages; per-owner tuples over owners (a layer,
+    or a multiplexed group)."""
 
-    depth: int
-    embed_dim: int
-    num_heads: int
-    head_dim: int
-    hidden: int
-    num_prefix: int
-    num_patches: int
     owner: tuple[int, ...]
-    """Layer -> owner of its linears and masks: the layer itself, or its multiplexed group."""
+    """Per layer: the owner of its weights and masks, the layer itself or its multiplexed group."""
+    stage: tuple[int, ...]
+    """Per layer: its stage (0 everywhere on an isotropic model)."""
+    dim: tuple[int, ...]
+    """Per layer: the embedding width C (never pruned)."""
+    tokens: tuple[int, ...]
+    """Per layer: patch tokens of the unslimmed model entering it (ViT: the patch grid; Swin: H·W)."""
+    prefix: tuple[int, ...]
+    """Per layer: class/distillation/register tokens in front of the patch tokens, always kept (0 on Swin)."""
+    padded_tokens: tuple[int, ...]
+    """Per layer: patch tokens once the map is padded to whole windows (= `tokens` without windows)."""
+    window_area: tuple[int, ...]
+    """Per layer: tokens per attention window; 0 is one global window over all of the layer's tokens (ViT)."""
+    head_mix: tuple[bool, ...]
+    """Per layer: multiplexed head mixing (two H×H mixes of the attention maps)."""
+    conv_kernel: tuple[int, ...]
+    """Per layer: k of the multiplexed MLP transformation's k×k depth-wise conv, 0 without one."""
+    attn_norm: tuple[int, ...]
+    """Per layer: parameters per attention dim of its norm inside the attention (0 none, 1 weight, 2 with bias)."""
+    mlp_norm: tuple[int, ...]
+    """Per layer: the same for the norm inside its MLP."""
+    heads: tuple[int, ...]
+    """Per owner: attention heads."""
+    head_dims: tuple[int, ...]
+    """Per owner: dims per head."""
+    hiddens: tuple[int, ...]
+    """Per owner: MLP hidden units."""
+    table_rows: tuple[int, ...]
+    """Per owner: rows of the relative-position bias table (Swin: (2h-1)(2w-1) for an h×w window; 0 on ViT)."""
+    has_tokens: bool
+    """Whether token masks and token selections apply (False on Swin: the paper searched it without them)."""
+    per_head: bool
+    """Attention heads are kept or removed whole (q/k-norm, rotary embeddings, Swin V2's cosine attention)."""
     qkv_bias: int
-    """How many of q, k and v have a bias (3, 2 for EVA's q/v biases, or 0)."""
+    """How many of q, k and v have a bias (3, 2 for EVA's and Swin V2's q/v biases, or 0)."""
     proj_bias: bool
     fc1_bias: bool
     fc2_bias: bool
-    head_mix: tuple[bool, ...]
-    conv_kernel: tuple[int, ...]
-    per_head: bool
-    """q/k-norm model: attention heads are kept or removed whole."""
     fixed_macs: int
     fixed_params: int
     mlp_rows: int = 1
     """Input-linear rows per MLP hidden unit: 1 (fc1), or 2 for gated MLPs (gate and value)."""
-    attn_norm: tuple[int, ...] = ()
-    """Per layer: parameters per attention dim of its norm inside the attention (0 none, 1 weight, 2 with bias)."""
-    mlp_norm: tuple[int, ...] = ()
-    """Per layer: the same for the norm inside its MLP."""
+    cpb_hidden: int = 0
+    """Swin V2: hidden width of the continuous position-bias MLP (2 -> hidden -> heads), run by every layer on
+    its window's relative coordinates; 0 for a learned table or none."""
+
+    @property
+    def depth(self) -> int:
+        return len(self.owner)
 
     @property
     def num_owners(self) -> int:
         return max(self.owner) + 1
 
-    has_tokens = True  # a class attribute, not a field: token masks can be attached and token selections cut
+    @property
+    def num_stages(self) -> int:
+        return max(self.stage) + 1
+
+    @property
+    def num_patches(self) -> int:
+        """Patch tokens entering the first layer: the positions a token selection indexes."""
+        return self.tokens[0]
+
+    @property
+    def num_prefix(self) -> int:
+        return self.prefix[0]
+
+    @functools.cached_property
+    def _layers(self) -> tuple[tuple[int, ...], ...]:
+        return tuple(tuple(i for i, o in enumerate(self.owner) if o == owner) for owner in range(self.num_owners))
 
     def layers_of(self, owner: int) -> list[int]:
-        return [i for i, o in enumerate(self.owner) if o == owner]
+        return list(self._layers[owner])
 
     def heads_of(self, owner: int) -> int:
-        return self.num_heads
+        return self.heads[owner]
 
     def head_dim_of(self, owner: int) -> int:
-        return self.head_dim
+        return self.head_dims[owner]
 
     def hidden_of(self, owner: int) -> int:
-        return self.hidden
+        return self.hiddens[owner]
+
+    def owner_mix(self, owner: int) -> bool:
+        """Whether any layer of the owner mixes heads (then every head keeps its slot)."""
+        return any(self.head_mix[i] for i in self._layers[owner])
+
+    def bias_columns(self, owner: int, heads: int | None) -> int:
+        """Position-bias columns the owner keeps: one per kept head (`heads`, None: all), all with head mixing."""
+        return self.heads[owner] if heads is None or self.owner_mix(owner) else heads
 
     def full(self) -> tuple[list[int], list[int], list[int]]:
         """(attention dims per owner, hidden units per owner, patch tokens per layer) of the unslimmed model."""
-        owners = self.num_owners
-        return ([self.num_heads * self.head_dim] * owners, [self.hidden] * owners,
-                [self.num_patches] * self.depth)
+        return ([h * d for h, d in zip(self.heads, self.head_dims, strict=True)], list(self.hiddens),
+                list(self.tokens))
 
-    def cost(self, attn_dims: list[int], hidden: list[int], tokens: list[int],
+    def cost(self, attn_dims: list[int], hidden: list[int], tokens: list[int] | None = None,
              heads: list[int] | None = None) -> tuple[int, int]:
-        """(MACs per image, params) of the extracted model; `heads` (kept per owner) costs nothing on ViT."""
-        return cost(self, attn_dims, hidden, tokens)
+        """(MACs per image, params) of the extracted model (`cost`)."""
+        return cost(self, attn_dims, hidden, tokens, heads)
 
     def element_macs(self) -> dict[str, list[float]]:
         return element_macs(self)
 
+    def stage_shares(self, attn_dims: list[int], hidden: list[int]) -> dict[str, list[float]]:
+        """Share of each stage's attention dims and MLP units kept, counted per layer (a shared owner counts once
+        per layer that uses it, as its MACs do)."""
+        full_attn, full_hidden = self.full()[:2]
+        out: dict[str, list[float]] = {"attn": [], "mlp": []}
+        for s in range(self.num_stages):
+            layers = [i for i in range(self.depth) if self.stage[i] == s]
+            for key, kept, full in (("attn", attn_dims, full_attn), ("mlp", hidden, full_hidden)):
+                out[key].append(sum(kept[self.owner[i]] for i in layers) / sum(full[self.owner[i]] for i in layers))
+        return out
 
-def owner_linears(model: nn.Module, owner: int) -> dict[str, nn.Module | nn.Parameter]:
-    """The attention weights (`attention_weights`) and MLP linears of one owner: a layer's own, or its multiplexed
-    group's shared ones."""
-    kind = mlp_kind(model.blocks[0].mlp)
-    shared = getattr(model, "blocks_shared", None)
-    holder_attn, holder_mlp = (shared[owner], shared[owner]) if shared is not None else (
-        model.blocks[owner].attn, model.blocks[owner].mlp)
-    return {**attention_weights(holder_attn), **{name: getattr(holder_mlp, name) for name in kind.linears}}
 
-
-def structure_of(model: nn.Module) -> Structure | SwinStructure:
+def structure_of(model: nn.Module) -> Structure:
     """Read the cost-model inputs off a plain, multiplexed or masked model, as its family defines them."""
     model = unwrap(model)
     return family_of(model).structure(model)
 
 
-def vit_structure_of(model: nn.Module) -> Structure:
-    """Read the cost-model inputs off a plain, multiplexed or masked timm ViT/DeiT (or another isotropic family
-    read the same way)."""
-    blocks = list(model.blocks)
-    attn0 = blocks[0].attn
-    shared = getattr(model, "blocks_shared", None)
-    owner = tuple(int(blk.group) for blk in blocks) if shared is not None else tuple(range(len(blocks)))
-    kind = mlp_kind(blocks[0].mlp)
-    linears = owner_linears(model, 0)
-    proj, fc1, fc2 = linears["proj"], linears[kind.inputs[0]], linears["fc2"]
-    linear_params = sum(_numel(w) for o in range(max(owner) + 1) for w in owner_linears(model, o).values())
-    mask_params = sum(p.numel() for n, p in model.named_parameters() if is_mask_param(n))
-    attn_norm = tuple(_norm_params_per_entry(getattr(blk.attn, "norm", None)) for blk in blocks)
-    mlp_norm = tuple(_norm_params_per_entry(getattr(blk.mlp, "norm", None)) for blk in blocks)
-    inner_norm_params = sum(attn_norm) * attn0.num_heads * attn0.head_dim + sum(mlp_norm) * fc2.in_features
-    pe = model.patch_embed.proj
-    grid = model.patch_embed.grid_size
-    fixed_macs = pe.out_channels * (pe.in_channels // pe.groups) * pe.kernel_size[0] * pe.kernel_size[1]
-    fixed_macs *= grid[0] * grid[1]
-    for head in (model.head, getattr(model, "head_dist", None)):
-        if isinstance(head, nn.Linear):
-            fixed_macs += head.in_features * head.out_features
-    pool = getattr(model, "attn_pool", None)
-    if pool is not None:  # attention pooling (MAP): a fixed cost, it reads every token at the full width
-        weight = next(pool.parameters())
-        tokens = torch.zeros(1, model.num_prefix_tokens + grid[0] * grid[1], model.embed_dim, device=weight.device,
-                             dtype=weight.dtype)
-        fixed_macs += count_module_macs(pool, tokens)
-    return Structure(
-        depth=len(blocks),
-        embed_dim=model.embed_dim,
-        num_heads=attn0.num_heads,
-        head_dim=attn0.head_dim,
-        hidden=fc2.in_features,
-        num_prefix=model.num_prefix_tokens,
-        num_patches=grid[0] * grid[1],
-        owner=owner,
-        qkv_bias=qkv_bias_parts(shared[0] if shared is not None else blocks[0].attn),
-        proj_bias=proj.bias is not None,
-        fc1_bias=fc1.bias is not None,
-        fc2_bias=fc2.bias is not None,
-        head_mix=tuple(getattr(blk.attn, "transform", None) is not None for blk in blocks),
-        conv_kernel=tuple(_conv_kernel(blk) for blk in blocks),
-        per_head=not isinstance(attn0.q_norm, nn.Identity),
-        fixed_macs=int(fixed_macs),
-        fixed_params=count_params(model) - mask_params - linear_params - inner_norm_params,
-        mlp_rows=kind.rows_per_unit,
-        attn_norm=attn_norm,
-        mlp_norm=mlp_norm,
-    )
+def layer_macs(s: Structure, layer: int, attn_dims: int, hidden: int, tokens: int, heads: int | None = None) -> int:
+    """MACs of one layer with `attn_dims` attention dims, `hidden` MLP units, `tokens` kept patch tokens and
+    `heads` heads that keep any dims (None: all)."""
+    c, o = s.dim[layer], s.owner[layer]
+    n = s.prefix[layer] + tokens  # the MLP's tokens
+    na = n + s.padded_tokens[layer] - s.tokens[layer]  # the attention's: padded to whole windows
+    window = s.window_area[layer] or na
+    macs = 4 * na * c * attn_dims + 2 * na * window * attn_dims + (1 + s.mlp_rows) * n * c * hidden
+    if attn_dims:  # a layer with no attention dims left skips attention entirely
+        if s.head_mix[layer]:
+            macs += 2 * s.heads[o] * s.heads[o] * window * na
+        if s.cpb_hidden:
+            h = s.cpb_hidden
+            macs += s.table_rows[o] * (2 * h + h * s.bias_columns(o, heads))
+    if s.conv_kernel[layer]:
+        macs += c * s.conv_kernel[layer] ** 2 * s.tokens[layer]
+    return macs
 
 
-def _norm_params_per_entry(norm: nn.Module) -> int:
-    return sum(p is not None for p in (getattr(norm, "weight", None), getattr(norm, "bias", None)))
+def owner_params(s: Structure, owner: int, attn_dims: int, hidden: int, heads: int | None = None) -> int:
+    """Parameters of one owner's weights at the given widths: qkv, proj, MLP linears and position bias (table,
+    or Swin V2's MLP and one logit scale per kept head) with `heads` heads that keep any dims (None: all)."""
+    c = s.dim[s._layers[owner][0]]
+    columns = s.bias_columns(owner, heads)
+    if s.cpb_hidden:  # Linear(2, h) with bias, Linear(h, columns) without
+        bias_params = 3 * s.cpb_hidden + s.cpb_hidden * columns + (s.heads[owner] if heads is None else heads)
+    else:
+        bias_params = s.table_rows[owner] * columns
+    return (3 * attn_dims * c + attn_dims * s.qkv_bias + attn_dims * c + c * s.proj_bias
+            + hidden * s.mlp_rows * (c + s.fc1_bias) + hidden * c + c * s.fc2_bias + bias_params)
 
 
 def inner_norm_params(per_entry: int, kept: int, full: int, width: int) -> int:
@@ -179,62 +210,86 @@ def inner_norm_params(per_entry: int, kept: int, full: int, width: int) -> int:
     return per_entry * kept + (width * (1 + (per_entry > 1)) if kept < full else 0)
 
 
-def _numel(weights: nn.Module | nn.Parameter) -> int:
-    return weights.numel() if isinstance(weights, nn.Parameter) else sum(p.numel() for p in weights.parameters())
-
-
-def _conv_kernel(block: nn.Module) -> int:
-    transform = getattr(block, "mlp_transform", None)
-    return 0 if transform is None else int(transform.conv.kernel_size[0])
-
-
-def layer_macs(s: Structure, attn_dims: int, hidden: int, tokens: int, layer: int) -> int:
-    """MACs of one layer with `attn_dims` attention dims, `hidden` MLP units and `tokens` kept patch tokens."""
-    n, c = s.num_prefix + tokens, s.embed_dim
-    macs = 4 * n * c * attn_dims + 2 * n * n * attn_dims + (1 + s.mlp_rows) * n * c * hidden
-    if s.head_mix[layer] and attn_dims:  # a layer with no attention dims left skips attention entirely
-        macs += 2 * s.num_heads * s.num_heads * n * n
-    if s.conv_kernel[layer]:
-        macs += c * s.conv_kernel[layer] ** 2 * s.num_patches
-    return macs
-
-
-def owner_params(s: Structure, attn_dims: int, hidden: int) -> int:
-    """Parameters of one owner's qkv, proj and MLP linears at the given widths."""
-    c = s.embed_dim
-    return (3 * attn_dims * c + attn_dims * s.qkv_bias + attn_dims * c + c * s.proj_bias
-            + hidden * s.mlp_rows * (c + s.fc1_bias) + hidden * c + c * s.fc2_bias)
-
-
-def cost(s: Structure, attn_dims: list[int], hidden: list[int], tokens: list[int]) -> tuple[int, int]:
-    """(MACs per image, params) of the extracted model: per-owner widths, per-layer kept patch tokens."""
-    macs = s.fixed_macs + sum(
-        layer_macs(s, attn_dims[o], hidden[o], tokens[i], i) for i, o in enumerate(s.owner)
-    )
-    params = s.fixed_params + sum(owner_params(s, attn_dims[o], hidden[o]) for o in range(s.num_owners))
-    full_attn, c = s.num_heads * s.head_dim, s.embed_dim
+def cost(s: Structure, attn_dims: list[int], hidden: list[int], tokens: list[int] | None = None,
+         heads: list[int] | None = None) -> tuple[int, int]:
+    """(MACs per image, params) of the extracted model: per-owner attention dims and MLP units, per-layer kept
+    patch tokens (None: all) and per-owner heads that keep any dims (None: all)."""
+    tokens = s.tokens if tokens is None else tokens
+    kept_heads = [None] * s.num_owners if heads is None else heads
+    macs = s.fixed_macs + sum(layer_macs(s, i, attn_dims[o], hidden[o], tokens[i], kept_heads[o])
+                              for i, o in enumerate(s.owner))
+    params = s.fixed_params + sum(owner_params(s, o, attn_dims[o], hidden[o], kept_heads[o])
+                                  for o in range(s.num_owners))
     for i, o in enumerate(s.owner):
-        if s.attn_norm:
-            params += inner_norm_params(s.attn_norm[i], attn_dims[o], full_attn, c)
-        if s.mlp_norm:
-            params += inner_norm_params(s.mlp_norm[i], hidden[o], s.hidden, c)
+        params += inner_norm_params(s.attn_norm[i], attn_dims[o], s.heads[o] * s.head_dims[o], s.dim[i])
+        params += inner_norm_params(s.mlp_norm[i], hidden[o], s.hiddens[o], s.dim[i])
     return int(macs), int(params)
 
 
 def element_macs(s: Structure) -> dict[str, list[float]]:
     """MACs each mask element controls in the unslimmed model, per owner (attn, mlp) or per layer (tokens).
 
-    attn: one head dim in every layer of its owner: N·(4C + 2N), times head_dim for a whole-head mask.
-    mlp: one hidden unit in every layer of its owner: (1+r)·N·C.
-    tokens: one patch token from its layer to the last (dropping it there drops it for good): per layer
-        C·(4A + (1+r)F) + 4·N·A (its row and column of both attention matmuls) + 4·H²·N with head mixing.
+    attn: one head dim in every layer of its owner: Na·(4C + 2N), times head_dim for a whole-head mask.
+    mlp: one hidden unit in every layer of its owner: (1+r)·n·C.
+    tokens (models with token masks): one patch token from its layer to the last (dropping it there drops it for
+        good): per layer C·(4A + (1+r)F) + 4·N·A (its row and column of both attention matmuls) + 4·H²·N with
+        head mixing.
     """
-    n, c = s.num_prefix + s.num_patches, s.embed_dim
-    a, f, h = s.num_heads * s.head_dim, s.hidden, s.num_heads
-    per_dim = n * (4 * c + 2 * n) * (s.head_dim if s.per_head else 1)
-    attn = [float(per_dim * len(s.layers_of(o))) for o in range(s.num_owners)]
-    mlp = [float((1 + s.mlp_rows) * n * c * len(s.layers_of(o))) for o in range(s.num_owners)]
-    per_layer = [c * (4 * a + (1 + s.mlp_rows) * f) + 4 * n * a + (4 * h * h * n if s.head_mix[i] else 0)
-                 for i in range(s.depth)]
-    tokens = [float(sum(per_layer[i:])) for i in range(s.depth)]
-    return {"attn": attn, "mlp": mlp, "tokens": tokens}
+    attn, mlp = [], []
+    for o in range(s.num_owners):
+        per_dim = mlp_unit = 0
+        for i in s._layers[o]:
+            n, c = s.prefix[i] + s.tokens[i], s.dim[i]
+            na = s.prefix[i] + s.padded_tokens[i]
+            per_dim += na * (4 * c + 2 * (s.window_area[i] or na))
+            mlp_unit += (1 + s.mlp_rows) * n * c
+        attn.append(float(per_dim * (s.head_dims[o] if s.per_head else 1)))
+        mlp.append(float(mlp_unit))
+    out = {"attn": attn, "mlp": mlp}
+    if s.has_tokens:
+        per_layer = []
+        for i, o in enumerate(s.owner):
+            window = s.window_area[i] or s.prefix[i] + s.padded_tokens[i]
+            a, f, h = s.heads[o] * s.head_dims[o], s.hiddens[o], s.heads[o]
+            per_layer.append(s.dim[i] * (4 * a + (1 + s.mlp_rows) * f) + 4 * window * a
+                             + (4 * h * h * window if s.head_mix[i] else 0))
+        out["tokens"] = [float(sum(per_layer[i:])) for i in range(s.depth)]
+    return out
+
+
+# -- reading helpers the family adapters share ------------------------------------------------------------------
+
+def owner_weights(attn: nn.Module, mlp: nn.Module, kind: MlpKind) -> dict[str, nn.Module | nn.Parameter]:
+    """The weights one owner holds: the attention weights (`attention_weights`: projections, biases, Swin's bias
+    table or Swin V2's position-bias MLP, logit scales) of `attn` and the MLP linears of `mlp` — a layer's own
+    attention and MLP, or its multiplexed group's shared module for both."""
+    return {**attention_weights(attn), **{name: getattr(mlp, name) for name in kind.linears}}
+
+
+def fixed_params(model: nn.Module, weights: list[dict[str, nn.Module | nn.Parameter]], inner_norms: int) -> int:
+    """Parameters the cost model holds fixed: all but the masks, the owners' `weights` and the `inner_norms`."""
+    masks = sum(p.numel() for n, p in model.named_parameters() if is_mask_param(n))
+    variable = sum(_numel(w) for ws in weights for w in ws.values())
+    return count_params(model) - masks - variable - inner_norms
+
+
+def norm_entries(norm: nn.Module | None) -> int:
+    """Parameters per entry of a norm inside the attention or MLP: 0 (none), 1 (weight) or 2 (and bias)."""
+    return sum(p is not None for p in (getattr(norm, "weight", None), getattr(norm, "bias", None)))
+
+
+def conv_kernel(block: nn.Module) -> int:
+    """k of a multiplexed layer's k×k depth-wise conv (the MLP transformation), 0 without one."""
+    transform = getattr(block, "mlp_transform", None)
+    return 0 if transform is None else int(transform.conv.kernel_size[0])
+
+
+def patch_embed_macs(model: nn.Module) -> int:
+    """MACs of the patch-embedding conv over the whole grid."""
+    pe = model.patch_embed.proj
+    gh, gw = model.patch_embed.grid_size
+    return pe.out_channels * (pe.in_channels // pe.groups) * pe.kernel_size[0] * pe.kernel_size[1] * gh * gw
+
+
+def _numel(weights: nn.Module | nn.Parameter) -> int:
+    return weights.numel() if isinstance(weights, nn.Parameter) else sum(p.numel() for p in weights.parameters())

@@ -16,7 +16,7 @@ from vitcompress.errors import VitCompressError
 from vitcompress.models.attention import AttentionCore, head_order, slice_attention
 from vitcompress.models.mlp import MlpCore, mlp_kind, slice_mlp
 from vitcompress.models.sliced_norm import SlicedNorm, slice_norm
-from vitcompress.slim.cost import Structure, vit_structure_of
+from vitcompress.slim.cost import Structure, structure_of
 from vitcompress.slim.selection import Selection
 
 
@@ -111,18 +111,19 @@ def slice_inner_norms(blocks: list[nn.Module], selection: Selection, head_dim: i
 
 def apply_vit_selection(model: nn.Module, selection: Selection, structure: Structure | None = None) -> None:
     """Slice an unmasked (plain or multiplexed) ViT-like model in place to the widths and tokens `selection`
-    keeps (`structure`: the family's, when it differs from the plain ViT reading)."""
-    s = vit_structure_of(model) if structure is None else structure
+    keeps (`structure`: the model's cost structure, read off it when not given)."""
+    s = structure_of(model) if structure is None else structure
     selection.check(s)
     shared = getattr(model, "blocks_shared", None)
     first = [s.layers_of(o)[0] for o in range(s.num_owners)]
     blocks = list(model.blocks)
-    slice_inner_norms(blocks, selection, s.head_dim)  # reads the full proj/fc2: before they are sliced
+    # One head width on an isotropic model; reads the full proj/fc2, so before they are sliced.
+    slice_inner_norms(blocks, selection, s.head_dim_of(0))
     if shared is not None:
         for o, w in enumerate(shared):
             if selection.attn is not None:
                 kept = selection.attn[first[o]]
-                slice_attention(w, kept, s.head_dim, mixing=False)
+                slice_attention(w, kept, s.head_dim_of(o), mixing=False)
             if selection.mlp is not None:
                 kept = selection.mlp[first[o]]
                 slice_mlp(w, mlp_kind(blocks[0].mlp), kept)

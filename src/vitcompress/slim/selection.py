@@ -8,9 +8,6 @@ from typing import Any
 from vitcompress.config import BaseConfig
 from vitcompress.errors import VitCompressError
 from vitcompress.slim.cost import Structure
-from vitcompress.slim.swin_cost import SwinStructure
-
-AnyStructure = Structure | SwinStructure
 
 
 def _is_index_list(value: Any) -> bool:
@@ -34,8 +31,8 @@ class Selection(BaseConfig):
     class/distillation/register tokens are always kept. ViT only (Swin keeps every token)."""
 
     info: dict[str, Any] = dataclasses.field(default_factory=dict)
-    """How it was chosen and what it costs (target, shares, params, MACs, ratios; on Swin also `stage_shares`, the
-    kept share of each stage's attention dims and MLP units); informational only."""
+    """How it was chosen and what it costs (target, shares, params, MACs, ratios; on a model of several stages
+    (Swin) also `stage_shares`, the kept share of each stage's attention dims and MLP units); informational only."""
 
     def validate(self) -> None:
         if self.attn is not None and not (
@@ -58,7 +55,7 @@ class Selection(BaseConfig):
                         "stays dropped, so each layer's kept tokens must be a subset of the previous layer's"
                     )
 
-    def check(self, s: AnyStructure) -> None:
+    def check(self, s: Structure) -> None:
         """Raise unless this selection fits a model of structure `s`."""
         lists = {"attn": self.attn, "mlp": self.mlp, "tokens": self.tokens}
         for name, value in lists.items():
@@ -102,7 +99,7 @@ class Selection(BaseConfig):
                         "indices; a shared weight is sliced once, so they must agree"
                     )
 
-    def widths(self, s: AnyStructure) -> tuple[list[int], list[int], list[int]]:
+    def widths(self, s: Structure) -> tuple[list[int], list[int], list[int]]:
         """(attention dims per owner, MLP units per owner, patch tokens per layer) this selection keeps."""
         attn, hidden, tokens = s.full()
         first = [s.layers_of(o)[0] for o in range(s.num_owners)]
@@ -114,13 +111,13 @@ class Selection(BaseConfig):
             tokens = [len(t) for t in self.tokens]
         return attn, hidden, tokens
 
-    def kept_heads(self, s: AnyStructure) -> list[int]:
+    def kept_heads(self, s: Structure) -> list[int]:
         """Heads that keep at least one dim, per owner (the others are removed on extraction)."""
         if self.attn is None:
             return [s.heads_of(o) for o in range(s.num_owners)]
         return [sum(1 for h in self.attn[s.layers_of(o)[0]] if h) for o in range(s.num_owners)]
 
-    def cost(self, s: AnyStructure) -> tuple[int, int]:
+    def cost(self, s: Structure) -> tuple[int, int]:
         """(MACs per image, params) of the model this selection extracts."""
         self.check(s)
         return s.cost(*self.widths(s), self.kept_heads(s))

@@ -43,8 +43,8 @@ from vitcompress.models.spec import unwrap
 from vitcompress.slim.align import align_groups, align_tokens, check_fits, check_multiple
 from vitcompress.slim.attach import is_masked, mask_tensors
 from vitcompress.slim.config import MASK_TYPES
-from vitcompress.slim.cost import structure_of
-from vitcompress.slim.selection import AnyStructure, Selection
+from vitcompress.slim.cost import Structure, structure_of
+from vitcompress.slim.selection import Selection
 
 MODES = ("share", "joint")
 
@@ -82,7 +82,7 @@ def _owner_arrays(masks: list[torch.Tensor]) -> tuple[np.ndarray, np.ndarray, li
     return np.concatenate([v.ravel() for v in vals]), owner, vals
 
 
-def _candidates(model: nn.Module, s: AnyStructure) -> dict[str, _Candidates]:
+def _candidates(model: nn.Module, s: Structure) -> dict[str, _Candidates]:
     masks = mask_tensors(model)
     out = {}
     if "attn" in masks:
@@ -240,7 +240,7 @@ class _Solver:
                 info[name] = k
         info = {**info, "shares": shares, "macs": macs, "params": params,
                 "macs_ratio": macs / self.full_macs, "params_ratio": params / self.full_params}
-        if hasattr(s, "stage_shares"):  # Swin: how the kept dims spread over the stages
+        if s.num_stages > 1:  # how the kept dims spread over the stages (Swin)
             per_stage = s.stage_shares(*self.widths(taken)[:2])
             info["stage_shares"] = {k: [round(v, 6) for v in vals] for k, vals in per_stage.items()}
         return Selection(**out, info=info)

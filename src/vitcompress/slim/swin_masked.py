@@ -23,10 +23,10 @@ from vitcompress.models.attention import AttentionCore
 from vitcompress.models.layers import head_dim, is_mask_param, transformer_layers
 from vitcompress.models.mlp import MlpCore, hidden_units
 from vitcompress.models.spec import family_of, unwrap
+from vitcompress.models.swin import shared_groups
 from vitcompress.multiplexing.swin import MultiplexedSwinBlock
 from vitcompress.slim.config import SlimConfig
 from vitcompress.slim.masked import MaskedSharedWeights, masked_mlp
-from vitcompress.slim.swin_cost import shared_groups
 
 
 def masked_window_attention(attn: nn.Module, mask: bool, per_head: bool = False) -> AttentionCore:

@@ -19,13 +19,14 @@ from torch import nn
 from vitcompress.models.attention import AttentionCore, slice_attention
 from vitcompress.models.layers import transformer_layers
 from vitcompress.models.mlp import mlp_kind, slice_mlp
+from vitcompress.models.swin import shared_groups
+from vitcompress.slim.cost import structure_of
 from vitcompress.slim.selection import Selection
-from vitcompress.slim.swin_cost import shared_groups, swin_structure_of
 
 
 def apply_swin_selection(model: nn.Module, selection: Selection) -> None:
     """Slice an unmasked (plain or multiplexed) Swin in place to the widths `selection` keeps."""
-    s = swin_structure_of(model)
+    s = structure_of(model)
     selection.check(s)
     shared = shared_groups(model)
     blocks = transformer_layers(model)
@@ -33,7 +34,7 @@ def apply_swin_selection(model: nn.Module, selection: Selection) -> None:
         for o, w in enumerate(shared):
             first = s.layers_of(o)[0]
             if selection.attn is not None:
-                kept, hd = selection.attn[first], s.head_dims[o]
+                kept, hd = selection.attn[first], s.head_dim_of(o)
                 slice_attention(w, kept, hd, mixing=s.owner_mix(o))
             if selection.mlp is not None:
                 kept = selection.mlp[first]
