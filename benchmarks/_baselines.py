@@ -26,9 +26,11 @@ Torch-Pruning on current timm (1.0.31), what this module does about its traps:
 from __future__ import annotations
 
 import copy
+import json
 import types
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -36,7 +38,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import vitcompress as vc
-from vitcompress.slim.cost import cost, structure_of
+from vitcompress.models.layers import transformer_layers
+from vitcompress.slim.cost import structure_of
 
 # ------------------------------------------------------------------------------------------------ shared pieces
 
@@ -55,51 +58,82 @@ def _top(scores: Tensor, k: int) -> list[int]:
 
 
 def magnitude_scores(model: nn.Module) -> tuple[list[Tensor], list[Tensor]]:
-    """Per layer: (heads, head_dim) ℓ1 norms of each attention dim's q, k and v rows; (hidden,) ℓ1 of fc1 rows."""
+    """Per layer (ViT blocks, or Swin's over its stages): (heads, head_dim) ℓ1 norms of each attention dim's q, k
+    and v rows; (hidden,) ℓ1 norms of the fc1 rows."""
     attn, mlp = [], []
-    for blk in model.blocks:
+    for blk in transformer_layers(model):
         a = blk.attn
-        rows = a.qkv.weight.detach().abs().sum(1).view(3, a.num_heads, a.head_dim)
+        rows = a.qkv.weight.detach().abs().sum(1).view(3, a.num_heads, -1)
         attn.append(rows.sum(0))
         mlp.append(blk.mlp.fc1.weight.detach().abs().sum(1))
     return attn, mlp
 
 
 def uniform_selection(model: nn.Module, target: float) -> vc.Selection:
-    """Every layer keeps k dims in every head and m MLP units (largest ℓ1 first), at most `target` of the MACs.
+    """Every layer keeps the same share of each head's dims and of its MLP units (largest ℓ1 first), at most
+    `target` of the MACs.
 
-    The shared share s is the largest with k = round(s·head_dim), m = round(s·hidden) within budget; one step of
-    k moves the MACs by several percent on small models, so m is then raised as far as the budget allows (the
-    MLP share ends at most one k-step above the attention share). Costs are the analytic ones of
-    `vitcompress.slim.cost` (what `count_macs` measures on the extracted model).
+    The share s is the largest with k = round(s·head_dim) and m = round(s·hidden) in every layer within budget;
+    one step of k moves the MACs by several percent on small models, so the MLP share is then raised alone as far
+    as the budget allows. Costs are the analytic ones of `vitcompress.slim.cost` (what `count_macs` measures on
+    the extracted model), for ViT and Swin alike.
     """
     s = structure_of(model)
-    full = cost(s, *s.full())[0]
+    full = s.cost(*s.full())[0]
     attn_scores, mlp_scores = magnitude_scores(model)
-
-    def selection(k: int, m: int) -> vc.Selection:
-        return vc.Selection(attn=[[_top(layer[h], k) for h in range(s.num_heads)] for layer in attn_scores],
-                            mlp=[_top(layer, m) for layer in mlp_scores])
-
-    def fits(k: int, m: int) -> bool:
-        return selection(k, m).cost(s)[0] <= target * full
-
     count = lambda share, n: int(share * n + 0.5)
-    lo, hi = 0.0, 1.0
-    if not fits(count(lo, s.head_dim), count(lo, s.hidden)):
+
+    def selection(attn_share: float, mlp_share: float) -> vc.Selection:
+        return vc.Selection(
+            attn=[[_top(layer[h], count(attn_share, layer.shape[1])) for h in range(layer.shape[0])]
+                  for layer in attn_scores],
+            mlp=[_top(layer, count(mlp_share, layer.numel())) for layer in mlp_scores])
+
+    def fits(attn_share: float, mlp_share: float) -> bool:
+        return selection(attn_share, mlp_share).cost(s)[0] <= target * full
+
+    def largest(fit: Any, lo: float) -> float:
+        hi = 1.0
+        for _ in range(40):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if fit(mid) else (lo, mid)
+        return lo
+
+    if not fits(0.0, 0.0):
         raise ValueError(f"MACs target {target} is below what removing every attention dim and MLP unit leaves")
-    for _ in range(40):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if fits(count(mid, s.head_dim), count(mid, s.hidden)) else (lo, mid)
-    k, m = count(lo, s.head_dim), count(lo, s.hidden)
-    while m < s.hidden and fits(k, m + 1):
-        m += 1
-    sel = selection(k, m)
+    share = largest(lambda x: fits(x, x), 0.0)
+    mlp_share = largest(lambda x: fits(share, x), share)
+    sel = selection(share, mlp_share)
     macs, params = sel.cost(s)
-    sel.info = {"method": "uniform ℓ1 magnitude", "target": {"macs": target}, "dims_per_head": k, "mlp_units": m,
-                "attn_share": k / s.head_dim, "mlp_share": m / s.hidden, "macs": macs, "params": params,
-                "macs_ratio": macs / full}
+    sel.info = {"method": "uniform ℓ1 magnitude", "target": {"macs": target}, "attn_share": share,
+                "mlp_share": mlp_share, "macs": macs, "params": params, "macs_ratio": macs / full}
     return sel
+
+
+def prune_saved(teacher_dir: Path, out: Path, method: str, target: float, seed: int, data: str,
+                taylor_batches: int) -> dict[str, Any]:
+    """Cut a saved teacher to `target` of its MACs by `method` ("tp": Torch-Pruning Taylor, global ranking;
+    "uniform": `uniform_selection`) and save the extracted model with the teacher's data settings."""
+    from vitcompress.export import read_spec
+
+    teacher = vc.load(teacher_dir).eval()
+    norm = read_spec(teacher_dir)["extra"]["data"]
+    size = tuple(norm["input_size"])
+    train, val, _ = vc.build_loaders(data, input_size=size, seed=seed, mean=norm["mean"], std=norm["std"])
+    if method == "tp":
+        batches = [b for _, b in zip(range(taylor_batches), train, strict=False)]
+        _, selection, info = taylor_prune(teacher, batches, target, size, next(iter(val))[0])
+    elif method == "uniform":
+        selection = uniform_selection(teacher, target)
+        info = dict(selection.info)
+    else:
+        raise ValueError(f"unknown baseline {method!r}: tp or uniform")
+    small = vc.extract(teacher, selection).eval()
+    info["top1_before_finetune"] = vc.evaluate(small, val)["top1"]
+    info["macs_ratio"] = vc.count_macs(small, size) / vc.count_macs(teacher, size)
+    vc.save(small, out, extra={"data": norm, "pruning": {k: v for k, v in info.items() if not isinstance(v, list)}})
+    (out / "selection.json").write_text(json.dumps(selection.to_dict()))
+    return info
 
 
 # ------------------------------------------------------------------------------------------------ Torch-Pruning

@@ -1,5 +1,8 @@
-"""The GPU check script is prepared on CPU: its dry run exercises the same CLI paths at tiny size."""
+"""The benchmark scripts run end to end at tiny size (quick modes, dry runs): structure, never accuracy or speed."""
 
+import json
+import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -49,3 +52,32 @@ def test_slim_latency_quick_runs_every_runtime(tmp_path):
             assert row in section
         assert f"deit_tiny_patch16_224, {runtime}, ViT-Slim (attention + MLP), multiple_of=8, 1 thread(s)" in text
     assert len(list((tmp_path / "onnx" / "deit_tiny_patch16_224").glob("*.onnx"))) == 3
+
+
+METHODS = Path(__file__).resolve().parents[1] / "benchmarks" / "methods.py"
+
+
+@pytest.mark.slow
+def test_method_suites_quick_write_every_table_and_figure(tmp_path):
+    # Structure only (tiny budgets, one seed): every suite's section with each of its rows, a target line per
+    # target, finite scores, and the PNGs linked from the Markdown exist. Accuracy is not asserted.
+    md = tmp_path / "BENCHMARKS.md"
+    result = subprocess.run([sys.executable, str(METHODS), "--quick", "--work", str(tmp_path / "work"), "--md",
+                             str(md)], capture_output=True, text=True, timeout=1800)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    text = md.read_text()
+    expected = {"multiplex": ["teacher (6-layer ViT", "naive sharing", "transforms, no KD", "MiniViT (transforms"],
+                "slim": ["ViT-Slim, 60% MACs", "Torch-Pruning (Taylor), 60% MACs", "uniform ℓ1 cut, 60% MACs"],
+                "swin": ["Swin teacher", "Mini-Swin", "Swin-Slim, 60% MACs"],
+                "combined": ["multiplex (share 2) + ViT-Slim 60%", "Torch-Pruning (Taylor), 60% MACs"]}
+    for suite, rows in expected.items():
+        section = text.split(f"<!-- begin:methods-{suite} -->", 1)[1].split(f"<!-- end:methods-{suite} -->")[0]
+        assert "QUICK SMOKE RUN" in section and "Targets:" in section
+        assert all(f"| {row}" in section for row in rows), section
+        assert section.count("**met**") + section.count("**NOT met**") >= 1
+        for png in re.findall(r"\]\((figures/[^)]+\.png)\)", section):
+            assert (tmp_path / png).stat().st_size > 0
+        summary = json.loads((tmp_path / "work" / f"{suite}.json").read_text())
+        assert all(math.isfinite(t) and 0 <= t <= 100 for row in summary for t in row["top1"])
+    for png in ("multiplex-pareto", "slim-pareto", "slim-budget-curve", "slim-kept", "swin-kept"):
+        assert (tmp_path / "figures" / f"{png}.png").is_file()

@@ -24,7 +24,7 @@ from vitcompress.jobs.source import ModelSource, source_of
 from vitcompress.metrics import count_macs, count_params, measure_latency
 from vitcompress.multiplexing.distill_config import DistillConfig
 from vitcompress.multiplexing.objective import DistillationObjective
-from vitcompress.report import markdown_table, write_report
+from vitcompress.report import markdown_table, plots, write_report
 from vitcompress.report.run import render_run
 from vitcompress.slim import SlimConfig, SlimObjective, SparsityConfig, attach_masks, binarize, extract, select
 from vitcompress.slim.attach import mask_tensors
@@ -147,32 +147,8 @@ def write_curve(out: str | Path, curve: list[dict[str, float]]) -> None:
         writer = csv.DictWriter(f, fieldnames=list(curve[0]))
         writer.writeheader()
         writer.writerows(curve)
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return
-    scored = [r for r in curve if r.get("top1") is not None]
-    fig, axes = plt.subplots(1, 2 if scored else 1, figsize=(10 if scored else 5, 3.5), squeeze=False)
-    ax = axes[0, 0]
-    shares = [r["share"] for r in curve]
-    ax.plot(shares, [r["macs_ratio"] for r in curve], marker="o", label="MACs")
-    ax.plot(shares, [r["params_ratio"] for r in curve], marker="s", label="params")
-    ax.set_xlabel("share of mask elements kept")
-    ax.set_ylabel("fraction of the original")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    if scored:  # zero-cost accuracy: the thresholded model of each point, before any fine-tuning
-        ax = axes[0, 1]
-        ax.plot([r["macs_ratio"] for r in scored], [r["top1"] for r in scored], marker="o")
-        ax.set_xlabel("MACs (fraction of the original)")
-        ax.set_ylabel("val top-1 before fine-tuning (%)")
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out / "curve.png", dpi=120)
-    plt.close(fig)
+    if plots.pyplot() is not None:
+        plots.plot_budget_curves({"search": curve}, out / "curve.png")
 
 
 BUDGET = Arg(one_of="budget")
