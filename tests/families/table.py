@@ -26,7 +26,8 @@ FAMILIES = {
     "swin_tiny_patch4_window7_224": ("swin", SWIN),
     # Swin V2: cosine attention, continuous position bias, post-norm, q/v biases; and pretrained-window scaling
     "swinv2_tiny_window8_256": ("swin_v2", SWIN),
-    "swinv2_base_window12to16_192to256": ("swin_v2", SWIN),
+    # ... and heads of different widths per stage (8 then 16 dims): whole-head costs are per stage
+    "swinv2_base_window12to16_192to256": ("swin_v2", dict(SWIN, num_heads=(2, 2))),
     # EVA-02: fused qkv with separate q/v biases, packed SwiGLU (GluMlp), rotary (interleaved), avg pool
     "eva02_tiny_patch14_224.mim_in22k": ("eva", dict(img_size=56, **TINY)),
     # DINOv3: 4 register tokens, half-split rotary (rotate_half), LayerScale

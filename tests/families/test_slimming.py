@@ -109,9 +109,10 @@ def test_extract_leaves_the_masked_model_alone_and_trains(name):
     for k, v in masked.state_dict().items():
         assert torch.equal(v, before[k]), k
     small(images(small)).sum().backward()
-    # A layer left without any attention head has nothing behind its attention norm (random masks do that).
+    # A layer left without any attention head (random masks do that) skips its attention: its attention norm and
+    # what is left of the attention (Swin V2's position-bias MLP input layer) get no gradient.
     idle = {id(p) for blk, heads in zip(transformer_layers(small), sel.attn, strict=True) if not any(heads)
-            for p in blk.norm1.parameters()}
+            for p in (*blk.norm1.parameters(), *blk.attn.parameters())}
     assert all(p.grad is not None for p in small.parameters() if p.numel() and id(p) not in idle)
 
 

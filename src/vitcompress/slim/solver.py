@@ -58,7 +58,7 @@ class _Candidates:
     group's full width. Tokens have `ranking` instead: per layer, the patch indices best first.
     """
 
-    def __init__(self, score: np.ndarray, owner: np.ndarray, size: int, order: np.ndarray,
+    def __init__(self, score: np.ndarray, owner: np.ndarray, size: int | np.ndarray, order: np.ndarray,
                  shapes: list[tuple[int, ...]] | None = None, group: np.ndarray | None = None,
                  rank_in_group: np.ndarray | None = None, ranking: np.ndarray | None = None) -> None:
         self.score, self.owner, self.size, self.order = score, owner, size, order
@@ -94,7 +94,8 @@ def _candidates(model: nn.Module, s: Structure) -> dict[str, _Candidates]:
         rank = np.concatenate([((e * v.shape[0] + h) / v.size).ravel() for (h, e), v in zip(grids, vals, strict=True)])
         starts = np.cumsum([0] + [v.shape[0] for v in vals])
         head = np.concatenate([(h + starts[i]).ravel() for i, (h, _) in enumerate(grids)])
-        size = s.head_dim_of(0) if s.per_head else 1  # per-head masks only on uniform ViTs with q/k-norm
+        # Attention dims per mask element, per owner: a whole head's (its owner's head dim) with per-head masks.
+        size = np.array([s.head_dim_of(o) if s.per_head else 1 for o in range(len(vals))])
         # Rank of each dim within its head, best score first (ties by dim index): what equal heads keep.
         in_head = np.concatenate([_rank_best_first(v, axis=1).ravel() for v in vals])
         out["attn"] = _Candidates(score, o, size, np.lexsort((o, rank, -score)), [v.shape for v in vals], head,
