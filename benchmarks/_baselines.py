@@ -12,7 +12,7 @@ same fine-tuning as the ViT-Slim models, so the benchmark compares what is kept,
 
 Torch-Pruning on current timm (1.0.31), what this module does about its traps:
 - Its documented ViT recipe rebinds `Attention.forward` to a `forward(self, x)`; timm's `Block` now calls
-  `attn(x, attn_mask=...)`, so that recipe fails (`documented_recipe_error` shows the exception). timm's own forward
+  `attn(x, attn_mask=...)`, so that recipe fails with a TypeError. timm's own forward
   reshapes by `self.attn_dim`, so no rebinding is needed: after pruning we only set `num_heads`, `head_dim` and
   `attn_dim`.
 - After head-dim pruning, timm's fused path calls SDPA without `scale`, i.e. 1/√(new head_dim), while the manual
@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import copy
 import json
-import types
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -265,21 +264,3 @@ def taylor_prune(teacher: nn.Module, batches: list[tuple[Tensor, Tensor]], targe
             "mlp_units": [b.mlp.fc1.out_features for b in model.blocks]}
     selection.info = {k: v for k, v in info.items() if k in ("method", "target", "pruning_ratio", "macs_ratio")}
     return model, selection, info
-
-
-def recipe_forward(self: nn.Module, x: Tensor) -> Tensor:
-    """The signature Torch-Pruning's timm-ViT recipe rebinds `Attention.forward` to (no `attn_mask`)."""
-    raise AssertionError("not reached on timm 1.0.31, whose Block passes attn_mask")
-
-
-def documented_recipe_error(teacher: nn.Module, size: Sequence[int]) -> str:
-    """What Torch-Pruning's documented timm-ViT recipe (rebinding `Attention.forward(self, x)`) does on this timm."""
-    model = copy.deepcopy(teacher).eval()
-    for blk in model.blocks:
-        blk.attn.forward = types.MethodType(recipe_forward, blk.attn)
-    try:
-        with torch.no_grad():
-            model(torch.randn(1, *size))
-    except TypeError as e:
-        return f"TypeError: {e}"
-    return "no error (this timm does not pass attn_mask)"

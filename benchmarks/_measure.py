@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import random
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 LATENCY_BATCHES = (1, 32)
@@ -19,20 +18,6 @@ LATENCY_BATCHES = (1, 32)
 def key(batch: int, threads: int) -> str:
     """Where the per-round latencies of one (batch, threads) setting are stored in a model's measurements."""
     return f"lat{batch}t{threads}"
-
-
-def input_size(model_dir: Path) -> tuple[int, int, int]:
-    """The (channels, height, width) a saved model was trained on, from its spec."""
-    from vitcompress.export import read_spec
-
-    return tuple(read_spec(model_dir)["extra"]["data"]["input_size"])
-
-
-def saved_models(dirs: dict[str, Path]) -> dict[str, tuple[Any, tuple[int, ...]]]:
-    """Each saved model (`vitcompress.load`, eval mode) with the input size its spec records."""
-    import vitcompress as vc
-
-    return {name: (vc.load(d).eval(), input_size(d)) for name, d in dirs.items()}
 
 
 def attention_calls(model: Any) -> int | None:
@@ -93,9 +78,3 @@ def speedups(meas: dict[str, Any], name: str, batch: int, threads: int) -> list[
     """Teacher latency / model latency, round by round (both timed in the same round)."""
     teacher = meas["models"]["teacher"][key(batch, threads)]
     return [t / m for t, m in zip(teacher, meas["models"][name][key(batch, threads)], strict=True)]
-
-
-def spread(meas: dict[str, Any], threads: int, batches: tuple[int, ...] = LATENCY_BATCHES) -> float:
-    """Largest max/min ratio of one model's per-round latencies at `threads`, over models and batch sizes."""
-    return max(max(m[key(b, threads)]) / min(m[key(b, threads)])
-               for m in meas["models"].values() for b in batches)

@@ -1,5 +1,5 @@
-"""Training runs of the benchmark scripts: a `vitcompress` CLI command run into its own directory (reused when an
-identical finished run is there), and the recipe values and epoch flags the commands are built from."""
+"""Training runs of the benchmark scripts: a `vitcompress` CLI command run into its own directory, reused when an
+identical finished run is there."""
 
 from __future__ import annotations
 
@@ -12,21 +12,6 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
-
-
-def recipe_value(recipe: str, key: str) -> Any:
-    """One setting of a shipped recipe (`vitcompress/recipes/<recipe>.yaml`)."""
-    from vitcompress.cli_args import load_recipe
-
-    return load_recipe(recipe)[key]
-
-
-def epoch_flags(recipe: str, epochs: int | None) -> list[str]:
-    """`--epochs N` when overriding the recipe, shortening the warmup if it would not fit (quick trials only)."""
-    if epochs is None:
-        return []
-    warmup = recipe_value(recipe, "warmup_epochs")
-    return ["--epochs", str(epochs), *(["--warmup-epochs", str(epochs / 2)] if warmup > epochs else [])]
 
 
 def finished(out_dir: Path, record: dict[str, Any], force: bool) -> dict[str, Any] | None:

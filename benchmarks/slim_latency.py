@@ -1,6 +1,6 @@
 """CPU latency of extracted ViT-Slim models at ImageNet size (DeiT-Ti/S, 224²) against their MACs ratio.
 
-The digits benchmark (`slim_digits.py`) measures accuracy, but its 0.6M-parameter model runs 17 tokens through
+The method benchmarks (`methods.py`) measure accuracy, but their 0.3M-parameter models run 17 tokens through
 64-wide layers, where per-op overhead, not MACs, sets the time. Here the same extraction runs on real DeiT
 shapes. Latency depends on the structure only, not on the weights, so no ImageNet or hub weights are needed:
 `pretrained=False` models get masks with seeded random values (uniform in [0, 1) for attention dims and MLP units,
@@ -11,14 +11,15 @@ widths; a real search's masks are at least as regular). For each budget B of the
     slim_eq     the same with `equal_heads=True`: every head of a layer keeps the same number of dims
     slim_tokens attention + MLP + token masks, `select(macs=B)`, `extract` (tokens gathered where they drop)
     slim_m8     `select(macs=B, multiple_of=8)`: every head width and MLP width a multiple of 8 (hardware-aligned)
-    uniform     every layer keeps the same k dims per head and m MLP units (largest ℓ1 first), as in the digits
-                benchmark: a plain timm-shaped model, the reference for what a width cut can gain
+    uniform     every layer keeps the same share of dims per head and of MLP units (largest ℓ1 first), as in the
+                method benchmarks: a plain timm-shaped model, the reference for what a width cut can gain
     tp          Torch-Pruning's Taylor importance (global ranking) at the same MACs, its own pruned timm model
                 (gradients of CE on seeded random images: latency depends on the structure only)
 
 and every model is timed with `vitcompress.metrics.measure_latency` at batch 1 and 32, in shuffled rounds, in each
 runtime: torch eager, `torch.compile` (compiled once per model) and onnxruntime (exported once per model with
-`vc.export_onnx`, which checks the graph against torch). Writes the `slim-latency` section of BENCHMARKS.md.
+`vc.export_onnx`, which checks the graph against torch). Writes the `slim-latency` section of BENCHMARKS.md and,
+per architecture, a figure of measured speedup against the MACs ratio (figures/ beside it).
 
     python benchmarks/slim_latency.py            # DeiT-Ti and DeiT-S, 3 runtimes, 3 rounds (hours on 2 CPU cores)
     python benchmarks/slim_latency.py --quick    # DeiT-Ti, 1 round: checks the script, not the numbers
@@ -216,7 +217,7 @@ def render(args: argparse.Namespace, command: str, results: dict[str, dict], tot
         "layout. Per budget: ViT-Slim `select(macs=B)` (share mode) + `extract` over attention + MLP masks "
         "(ragged heads: one SDPA call per distinct head width in a layer); the same with `equal_heads=True` (one "
         "SDPA call per layer); with token masks too (the kept tokens are gathered where they drop); and the "
-        "uniform ℓ1 cut (same k dims per head and m MLP units in every layer, as in the digits benchmark); "
+        "uniform ℓ1 cut (same dims share per head and MLP share in every layer, as in the method benchmarks); "
         "`select(macs=B, multiple_of=8)` (every head and MLP width a multiple of 8); and Torch-Pruning's own "
         "Taylor-pruned model at the same MACs. Runtimes: torch eager, `torch.compile` (one compilation per model, "
         "untimed warm-up) and onnxruntime (one `vc.export_onnx` per model, checked against torch). "
@@ -241,8 +242,35 @@ def render(args: argparse.Namespace, command: str, results: dict[str, dict], tot
         for runtime, meas in res["measurements"].items():
             for t in args.threads:
                 lines += target_lines(args, arch, meas, t, runtime)
+    for arch, res in results.items():
+        png = speedup_figure(args, arch, res["measurements"])
+        if png is not None:
+            caption = f"{arch}: measured speedup vs MACs ratio, every variant, runtime, batch and thread count"
+            lines += ["", f"![{caption}]({png.relative_to(args.md.parent).as_posix()})", "", f"*{caption}*"]
     lines += ["", f"This invocation took {total_s / 60:.1f} min."]
     return "\n".join(lines)
+
+
+def speedup_figure(args: argparse.Namespace, arch: str, by_runtime: dict[str, dict]) -> Path | None:
+    """Speedup (median over rounds) against MACs ratio, one point per model and setting, with the ideal line."""
+    from vitcompress.report import plots
+
+    if plots.pyplot() is None:
+        print(f"no figure: {plots.PLOT_INSTALL}", flush=True)
+        return None
+    points = []
+    for meas in by_runtime.values():
+        full = meas["models"]["teacher"]["macs"]
+        for name, m in meas["models"].items():
+            if name == "teacher":
+                continue
+            for t in args.threads:
+                for b in args.batches:
+                    points.append({"method": VARIANTS[name.partition("/")[0]], "macs_ratio": m["macs"] / full,
+                                   "speedup": statistics.median(speedups(meas, name, b, t))})
+    out = args.md.parent / "figures"
+    out.mkdir(parents=True, exist_ok=True)
+    return plots.plot_speedup(points, out / f"slim-latency-{arch}.png")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -52,6 +52,7 @@ def test_slim_latency_quick_runs_every_runtime(tmp_path):
             assert row in section
         assert f"deit_tiny_patch16_224, {runtime}, ViT-Slim (attention + MLP), multiple_of=8, 1 thread(s)" in text
     assert len(list((tmp_path / "onnx" / "deit_tiny_patch16_224").glob("*.onnx"))) == 3
+    assert (tmp_path / "figures" / "slim-latency-deit_tiny_patch16_224.png").stat().st_size > 0
 
 
 METHODS = Path(__file__).resolve().parents[1] / "benchmarks" / "methods.py"
