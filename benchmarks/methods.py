@@ -40,7 +40,7 @@ from typing import Any
 import _baselines
 import _report
 from _report import mean_std
-from _runs import run_cli
+from _runs import finished, run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = "cluttered-digits"
@@ -237,8 +237,6 @@ class Runner:
             return result
 
     def cut(self, run: Run, force: bool) -> tuple[float, bool]:
-        from _runs import finished
-
         if finished(run.out, run.record, force):
             print(f"  reuse  {run.out}", flush=True)
             return json.loads((run.out / "bench.json").read_text())["seconds"], False

@@ -207,3 +207,16 @@ def test_existing_checkpoint_needs_resume_or_a_new_dir(tmp_path):
 def test_loader_without_batches_is_a_clear_error():
     with pytest.raises(VitCompressError, match="no batches"):
         fit(tiny_vit(), [], None, CrossEntropyObjective(), TrainConfig(epochs=1), None, progress=False)
+
+
+def test_epoch_sampler_over_a_plain_dataset_is_a_clear_error(tmp_path):
+    # EpochSampler yields (index, seed) pairs; a plain dataset would fail on the tuple inside the loader.
+    from torch.utils.data import DataLoader
+
+    from vitcompress.data.samplers import EpochSampler
+
+    dataset = toy_loader(n=8).dataset
+    loader = DataLoader(dataset, batch_size=4, sampler=EpochSampler(dataset))
+    with pytest.raises(VitCompressError, match="SeededDataset") as error:
+        fit(tiny_vit(), loader, None, CrossEntropyObjective(), TrainConfig(epochs=1, **FAST), tmp_path, progress=False)
+    assert "\n" not in str(error.value) and not any(tmp_path.iterdir())

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from vitcompress.data.samplers import EpochSampler, SeededDataset
 from vitcompress.errors import VitCompressError
 from vitcompress.metrics.accuracy import evaluate as _default_evaluate
 from vitcompress.train._run import Mixup, Run, build_run, global_totals, loader_batch_size, save_run
@@ -94,6 +95,7 @@ def fit(
         VitCompressError: On a bad configuration, an unusable checkpoint, or a non-finite loss.
         TrainingInterrupted: After checkpointing a run stopped by SIGTERM/SIGINT.
     """
+    _check_seeded_sampler(train_loader)
     owns_group = not (torch.distributed.is_available() and torch.distributed.is_initialized())
     info = setup_distributed()
     try:
@@ -122,6 +124,17 @@ def fit(
     finally:
         if owns_group:
             cleanup()
+
+
+def _check_seeded_sampler(loader: DataLoader) -> None:
+    """An `EpochSampler` yields `(index, seed)` pairs, which only a `SeededDataset` reads: say so before training
+    rather than let the dataset fail on a tuple index deep inside a DataLoader worker."""
+    sampler = getattr(loader, "sampler", None)
+    if isinstance(sampler, EpochSampler) and not isinstance(getattr(loader, "dataset", None), SeededDataset):
+        raise VitCompressError(
+            "the train loader's EpochSampler yields (index, seed) pairs but its dataset is not a SeededDataset; wrap "
+            "it: DataLoader(SeededDataset(dataset), sampler=EpochSampler(dataset, ...)) (vitcompress.data.samplers)"
+        )
 
 
 def _train_epoch(run: Run, loader: DataLoader, history: History, position: Position) -> dict[str, Any]:
