@@ -407,9 +407,10 @@ def per_seed(summary: list[dict[str, Any]]) -> str:
                            for r in summary for seed, s in r["scores"].items()])
 
 
-def figures(suite: str, summary: list[dict[str, Any]], teacher: dict[str, Any], work: Path, figdir: Path,
+def figures(suite: str, name: str, summary: list[dict[str, Any]], teacher: dict[str, Any], work: Path, figdir: Path,
             budgets: tuple[float, ...]) -> list[tuple[str, Path]]:
-    """The suite's PNGs: top-1 vs MACs and params; with searches, their budget curves and the kept widths."""
+    """The suite's PNGs (named `name`-*.png): top-1 vs MACs and params; with searches, their budget curves and the
+    kept widths."""
     from vitcompress.report import plots
 
     if plots.pyplot() is None:
@@ -420,16 +421,16 @@ def figures(suite: str, summary: list[dict[str, Any]], teacher: dict[str, Any], 
                "macs_ratio": r["macs"] / teacher["macs"], "params_ratio": r["params"] / teacher["params"]}
               for r in summary]
     out = [("top-1 vs MACs and params, as fractions of the teacher's (bars: ± std over seeds)",
-            plots.plot_pareto(points, figdir / f"{suite}-pareto.png"))]
+            plots.plot_pareto(points, figdir / f"{name}-pareto.png"))]
     curves = {p.name: json.loads((p / "curve.json").read_text())
               for p in sorted((work / suite).glob("search-seed*")) if (p / "curve.json").is_file()}
     if curves:
         out.append(("the searches' budget curves: MACs and params kept, and top-1 before any fine-tuning",
-                    plots.plot_budget_curves(curves, figdir / f"{suite}-budget-curve.png")))
+                    plots.plot_budget_curves(curves, figdir / f"{name}-budget-curve.png")))
     kept, labels = kept_grids(work, suite, budgets)
     if kept:
         out.append(("kept fraction of every layer's attention dims / MLP units / tokens at each MACs budget (seed 0)",
-                    plots.plot_kept_heatmap(kept, labels, figdir / f"{suite}-kept.png", "MACs budget")))
+                    plots.plot_kept_heatmap(kept, labels, figdir / f"{name}-kept.png", "MACs budget")))
     return out
 
 
@@ -460,7 +461,8 @@ def render(suite: str, command: str, summary: list[dict[str, Any]], pngs: list[t
                "combined": f"compress: {b.finetune} epochs per stage (multiplex, search, fine-tune); Torch-Pruning "
                            f"and ViT-Slim: fine-tune {b.finetune} epochs (ViT-Slim also searched {b.search})"}
     lines = [
-        *_report.heading(f"## {titles[suite]} on `{DATA}`", command, args.quick),
+        *_report.heading(f"## {titles[suite]} on `{DATA}`" + (f" ({args.tag})" if args.tag else ""), command,
+                         args.quick),
         f"Data: the built-in `{DATA}` (32×32 canvases, 5,000 train / 2,000 val images, balanced and fixed; 1 val "
         f"image = 0.05 points). Training budget per row: {budgets[suite]}; teachers: "
         f"{'their recipe' if b.teacher is None else f'{b.teacher} epochs'}, seed 0, one run. Seeds "
@@ -515,9 +517,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--work", type=Path, help="run directory (default: out/bench-methods[-quick])")
     p.add_argument("--md", type=Path, help="Markdown file to write into (default: BENCHMARKS.md; with --quick: "
                                            "<work>/BENCHMARKS.md); figures go to figures/ beside it")
+    p.add_argument("--student-epochs", type=int, help=f"epochs of the multiplexed students (default: {FULL.student})")
+    p.add_argument("--search-epochs", type=int, help=f"epochs of every ViT-Slim search (default: {FULL.search})")
+    p.add_argument("--finetune-epochs", type=int, help=f"epochs of every fine-tune (default: {FULL.finetune})")
+    p.add_argument("--tag", help="suffix of the sections and figures, so a run at another budget sits beside the "
+                                 "default one (use its own --work)")
     p.add_argument("--force", action="store_true", help="redo every run even where an identical finished one exists")
     args = p.parse_args(argv)
-    args.budget = QUICK if args.quick else FULL
+    budget = QUICK if args.quick else FULL
+    args.budget = dataclasses.replace(budget, **{k: v for k, v in (("student", args.student_epochs),
+                                                                    ("search", args.search_epochs),
+                                                                    ("finetune", args.finetune_epochs)) if v})
     args.seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
     args.work = args.work or Path("out/bench-methods-quick" if args.quick else "out/bench-methods")
     args.md = args.md or (args.work / "BENCHMARKS.md" if args.quick else ROOT / "BENCHMARKS.md")
@@ -534,10 +544,12 @@ def main(argv: list[str] | None = None) -> None:
     results = run_suites(suites, args.suites, args.seeds, runner, args.jobs)
     for suite in args.suites:
         summary = summarize(suites.rows(suite), results)
-        pngs = figures(suite, summary, summary[0]["first"], args.work, args.md.parent / "figures", args.budget.budgets)
+        name = f"{suite}-{args.tag}" if args.tag else suite
+        pngs = figures(suite, name, summary, summary[0]["first"], args.work, args.md.parent / "figures",
+                       args.budget.budgets)
         body = render(suite, command, summary, pngs, args.md, args)
-        (args.work / f"{suite}.json").write_text(json.dumps(summary, indent=2, default=str))
-        _report.publish(args.md, f"methods-{suite}", body)
+        (args.work / f"{name}.json").write_text(json.dumps(summary, indent=2, default=str))
+        _report.publish(args.md, f"methods-{name}", body)
 
 
 if __name__ == "__main__":
