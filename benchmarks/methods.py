@@ -45,8 +45,8 @@ from _runs import finished, run_cli
 ROOT = Path(__file__).resolve().parent.parent
 DATA = "cluttered-digits"
 SUITES = ("multiplex", "slim", "swin", "combined")
-SWIN_ARGS = ["img_size=32", "patch_size=4", "embed_dim=48", "depths=[2,2,4]", "num_heads=[2,4,8]", "window_size=4",
-             "num_classes=10"]
+SWIN_ARGS = ("img_size=32", "patch_size=4", "embed_dim=48", "depths=[2,2,4]", "num_heads=[2,4,8]", "window_size=4",
+             "num_classes=10")
 NAIVE = ["--no-attn-transform", "--no-mlp-transform", "--no-kd"]
 
 
@@ -59,10 +59,17 @@ class Budget:
     search: int  # ViT-Slim searches
     finetune: int  # every pruned or extracted model
     budgets: tuple[float, ...]  # MACs fractions of the slim suite
+    vit: tuple[str, ...] = ()  # `--model-args` of the ViT teacher (empty: the recipe's)
+    swin: tuple[str, ...] = SWIN_ARGS
+    curve_points: int = 21  # budget-curve points of every search, each scored on the val split
 
 
 FULL = Budget(teacher=None, student=6, search=6, finetune=6, budgets=(0.8, 0.6, 0.4))
-QUICK = Budget(teacher=1, student=1, search=1, finetune=1, budgets=(0.6,))
+# Tiny models and short curves: the quick mode checks the runner, in a few minutes on 2 cores.
+QUICK = Budget(teacher=1, student=1, search=1, finetune=1, budgets=(0.6,),
+               vit=("img_size=32", "patch_size=8", "embed_dim=32", "depth=2", "num_heads=2", "num_classes=10"),
+               swin=("img_size=32", "patch_size=4", "embed_dim=16", "depths=[2,2]", "num_heads=[1,2]",
+                     "window_size=4", "num_classes=10"), curve_points=5)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,12 +107,13 @@ class Suites:
         return [] if n is None else ["--epochs", str(n), "--warmup-epochs", str(min(1, n / 2))]
 
     def teacher_run(self, seed: int = 0) -> list[Run]:
-        return [Run(self.teacher, ["train", "--config", "cluttered-teacher", "--seed", "0", "-o", str(self.teacher),
-                                   "--no-progress", *self._epochs(self.b.teacher)])]
+        model_args = ["--model-args", *self.b.vit] if self.b.vit else []
+        return [Run(self.teacher, ["train", "--config", "cluttered-teacher", *model_args, "--seed", "0", "-o",
+                                   str(self.teacher), "--no-progress", *self._epochs(self.b.teacher)])]
 
     def swin_teacher_run(self, seed: int = 0) -> list[Run]:
         return [Run(self.swin_teacher, ["train", "--config", "cluttered-teacher", "--model",
-                                        "swin_tiny_patch4_window7_224", "--model-args", *SWIN_ARGS, "--seed", "0",
+                                        "swin_tiny_patch4_window7_224", "--model-args", *self.b.swin, "--seed", "0",
                                         "-o", str(self.swin_teacher), "--no-progress",
                                         *self._epochs(self.b.teacher)])]
 
@@ -125,8 +133,9 @@ class Suites:
     def search(self, teacher: Path, key: str, seed: int) -> Run:
         out = self.work / key / f"search-seed{seed}"
         recipe = "digits-swin-slim" if teacher == self.swin_teacher else "digits-slim"
+        points = ["--curve-points", str(self.b.curve_points)] if self.b.curve_points != FULL.curve_points else []
         return Run(out, ["slim", "search", "--model", str(teacher), "--config", recipe, "--data", DATA, "--seed",
-                         str(seed), "-o", str(out), "--no-progress", *self._epochs(self.b.search)])
+                         str(seed), "-o", str(out), "--no-progress", *points, *self._epochs(self.b.search)])
 
     def finetune(self, model: Path, teacher: Path, seed: int) -> Run:
         out = model.parent / "finetuned"
@@ -157,7 +166,7 @@ class Suites:
 
     def rows(self, suite: str) -> list[Row]:
         t, st = self.teacher, self.swin_teacher
-        teacher = Row("teacher", "teacher (6-layer ViT, 1 run)", "teacher", self.teacher_run, seeded=False)
+        teacher = Row("teacher", "ViT teacher (1 run)", "teacher", self.teacher_run, seeded=False)
         if suite == "multiplex":
             return [
                 teacher,
@@ -185,7 +194,7 @@ class Suites:
             return rows
         if suite == "swin":
             return [
-                Row("swin-teacher", "Swin teacher (3 stages, 1 run)", "teacher", self.swin_teacher_run,
+                Row("swin-teacher", "Swin teacher (1 run)", "teacher", self.swin_teacher_run,
                     seeded=False),
                 Row("swin/naive", "naive sharing per stage pair", "naive sharing",
                     lambda s: [self.student("swin/naive", st, NAIVE, s)]),

@@ -67,7 +67,7 @@ def test_method_suites_quick_write_every_table_and_figure(tmp_path):
                              str(md)], capture_output=True, text=True, timeout=1800)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     text = md.read_text()
-    expected = {"multiplex": ["teacher (6-layer ViT", "naive sharing", "transforms, no KD", "MiniViT (transforms"],
+    expected = {"multiplex": ["ViT teacher (1 run)", "naive sharing", "transforms, no KD", "MiniViT (transforms"],
                 "slim": ["ViT-Slim, 60% MACs", "Torch-Pruning (Taylor), 60% MACs", "uniform ℓ1 cut, 60% MACs"],
                 "swin": ["Swin teacher", "Mini-Swin", "Swin-Slim, 60% MACs"],
                 "combined": ["multiplex (share 2) + ViT-Slim 60%", "Torch-Pruning (Taylor), 60% MACs"]}

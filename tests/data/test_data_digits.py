@@ -58,6 +58,30 @@ def test_split_is_fixed_stratified_and_disjoint() -> None:
     assert val_counts.min() >= 35 and val_counts.max() <= 37  # ~20% of each class's ~180 images
 
 
+def test_shipped_digits_and_split_are_scikit_learns() -> None:
+    # load_split reads the CSV and a stored split without importing scikit-learn; both must be its own.
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    from vitcompress.data.digits import SPLIT_SEED, VAL_FRACTION
+
+    images, targets, train_idx, val_idx = load_split()
+    digits = load_digits()
+    np.testing.assert_array_equal(images, digits.images.astype(np.float32) / 16.0)
+    np.testing.assert_array_equal(targets, digits.target)
+    expected = train_test_split(np.arange(len(digits.target)), test_size=VAL_FRACTION, stratify=digits.target,
+                                random_state=SPLIT_SEED)
+    np.testing.assert_array_equal(train_idx, expected[0])
+    np.testing.assert_array_equal(val_idx, expected[1])
+
+
+def test_building_the_data_does_not_import_scikit_learn() -> None:
+    code = ("import sys, vitcompress as vc; vc.build_loaders('cluttered-digits', input_size=(3, 32, 32)); "
+            "print('sklearn' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
 def test_val_set_does_not_depend_on_seed() -> None:
     _, val_a, _ = build_datasets("digits", (1, 16, 16), seed=0)
     _, val_b, _ = build_datasets("digits", (1, 16, 16), seed=123)

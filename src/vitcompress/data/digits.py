@@ -14,8 +14,10 @@ generators (torch, `random`, NumPy), which the train loader's `SeededDataset` se
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -27,6 +29,7 @@ from vitcompress.data import augment
 from vitcompress.data.config import AugmentConfig
 from vitcompress.data.info import DataInfo
 from vitcompress.data.spec import resolve_norm
+from vitcompress.errors import VitCompressError
 
 NUM_CLASSES = 10
 VAL_FRACTION = 0.2
@@ -170,19 +173,32 @@ def digits_transforms(
 
 
 def load_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """`(images, targets, train_idx, val_idx)`: all 1797 images in [0, 1] and the fixed stratified split."""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
+    """`(images, targets, train_idx, val_idx)`: all 1797 images in [0, 1] and the fixed stratified split.
 
-    digits = load_digits()
-    images = digits.images.astype(np.float32) / 16.0  # pixel values are counts 0..16
-    train_idx, val_idx = train_test_split(
-        np.arange(len(digits.target)),
-        test_size=VAL_FRACTION,
-        stratify=digits.target,
-        random_state=SPLIT_SEED,
-    )
-    return images, digits.target, train_idx, val_idx
+    The split is scikit-learn's `train_test_split(test_size=VAL_FRACTION, stratify=targets,
+    random_state=SPLIT_SEED)`, stored with the package (`digits_split.npz`, in its order) since it is part of the
+    dataset; the images are read from the CSV scikit-learn ships, without importing scikit-learn, whose import
+    costs every run seconds. tests/data/test_data_digits.py checks both against scikit-learn itself.
+    """
+    data = _digits_csv()
+    images = data[:, :-1].reshape(-1, 8, 8).astype(np.float32) / 16.0  # pixel values are counts 0..16
+    with np.load(Path(__file__).with_name("digits_split.npz")) as split:
+        train_idx, val_idx = split["train_idx"].astype(np.int64), split["val_idx"].astype(np.int64)
+    return images, data[:, -1].astype(np.int64), train_idx, val_idx
+
+
+def _digits_csv() -> np.ndarray:
+    """scikit-learn's `digits.csv.gz` (1797 rows of 64 pixels and the label), found without importing it."""
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise VitCompressError("the built-in digits come with scikit-learn: pip install scikit-learn")
+    path = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data" / "digits.csv.gz"
+    if not path.is_file():  # a scikit-learn that keeps its data elsewhere: ask it
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        return np.concatenate([digits.data, digits.target[:, None]], axis=1)
+    return np.loadtxt(path, delimiter=",")
 
 
 def resize_images(images: np.ndarray, height: int, width: int) -> torch.Tensor:
