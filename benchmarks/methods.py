@@ -485,12 +485,24 @@ def render(suite: str, command: str, summary: list[dict[str, Any]], pngs: list[t
         "",
         *targets(suite, summary, b.budgets),
         "",
+        *reselect_line(args.work, suite),
         *(line for caption, png in pngs
           for line in (f"![{caption}]({png.relative_to(md.parent).as_posix()})", "", f"*{caption}*", "")),
         *_report.details("The commands of seed 0 (cuts by Torch-Pruning or the uniform ℓ1 rule run in this script) "
                          "and every run's scores", commands(summary, args.threads), per_seed(summary)),
     ]
     return "\n".join(lines)
+
+
+def reselect_line(work: Path, suite: str) -> list[str]:
+    """How long a new budget takes from a saved search (`slim extract`'s own timing of select + extract)."""
+    times = [json.loads(r.read_text())["select_and_extract_s"]
+             for r in sorted(work.glob(f"{suite}/*/seed*/extracted/report.json"))]
+    if not times:
+        return []
+    return [f"A new budget from a saved search (`slim extract`: select + extract, as its report times it): median "
+            f"{statistics.median(times) * 1e3:.0f} ms [{min(times) * 1e3:.0f}–{max(times) * 1e3:.0f}] over "
+            f"{len(times)} extractions.", ""]
 
 
 def commands(summary: list[dict[str, Any]], threads: int) -> list[str]:

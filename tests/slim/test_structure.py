@@ -60,6 +60,7 @@ def test_deit_small_dims_70_percent_by_select(deit_small_masked):
 
 @pytest.mark.slow
 def test_deit_small_new_budget_meets_its_macs_target(deit_small_masked):
-    # How fast a new budget is cut out is a benchmark (BENCHMARKS.md, select_and_extract_s), not a timed test.
+    # How fast a new budget is cut out is a benchmark (BENCHMARKS.md, methods-slim: "A new budget from a saved search"),
+    # not a timed test.
     small = vc.extract(deit_small_masked, vc.select(deit_small_masked, macs=0.45))
     assert vc.count_macs(small, (3, 224, 224)) == pytest.approx(0.45 * 4_598_882_304, rel=0.01)
