@@ -298,8 +298,9 @@ def score(model_dir: Path) -> dict[str, float]:
 
     spec = read_spec(model_dir)
     sha, cache = spec["weights"]["sha256"], model_dir / "bench-score.json"
-    if cache.is_file() and json.loads(cache.read_text()).get("sha256") == sha:
-        return json.loads(cache.read_text())
+    cached = json.loads(cache.read_text()) if cache.is_file() else {}
+    if cached.get("sha256") == sha:
+        return cached
     model, data = vc.load(model_dir).eval(), spec["extra"]["data"]
     size = tuple(data["input_size"])
     _, val, _ = vc.build_loaders(DATA, input_size=size, mean=data["mean"], std=data["std"], batch_size=256)
@@ -446,12 +447,12 @@ def figures(suite: str, name: str, summary: list[dict[str, Any]], teacher: dict[
 def kept_grids(work: Path, suite: str, budgets: tuple[float, ...]) -> tuple[dict[str, list[list[float]]], list[str]]:
     """Per mask type, the kept fraction per layer of each budget's seed-0 extracted model of the suite."""
     from vitcompress.export import read_spec
-    from vitcompress.report.run import _extracted_structure, kept_fractions
+    from vitcompress.report.run import extracted_structure, kept_fractions
 
     grids: dict[str, list[list[float]]] = {}
     labels = []
     for extracted in sorted(work.glob(f"{suite}/*-slim-*/seed0/extracted"), reverse=True):
-        selection, structure = _extracted_structure(read_spec(extracted)["spec"])
+        selection, structure = extracted_structure(read_spec(extracted)["spec"])
         for kind, row in kept_fractions(selection, structure).items():
             grids.setdefault(kind, []).append(row)
         labels.append(extracted.parent.parent.name.rsplit("-", 1)[1] + "%")

@@ -119,7 +119,7 @@ def _token_layers(masked: Any) -> list[Any]:
     return [blk for blk in transformer_layers(masked) if getattr(blk, "token_mask", None) is not None]
 
 
-def _extracted_structure(spec: dict[str, Any]) -> tuple[Any, Any]:
+def extracted_structure(spec: dict[str, Any]) -> tuple[Any, Any]:
     """(Selection, structure of the unslimmed model) of an extracted model's spec: the base rebuilt on meta."""
     import torch
 
@@ -151,7 +151,7 @@ def render_run(run: str | Path) -> list[Path]:
                                "directory of a vitcompress job")
     section: list[str] = []
     if kind == "extracted":
-        selection, structure = _extracted_structure(spec)
+        selection, structure = extracted_structure(spec)
         section += ["### kept widths per layer", "", layer_table(selection, structure), ""]
     plots: list[tuple[str, Path]] = []
     if pyplot() is None:
