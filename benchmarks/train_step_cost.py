@@ -33,6 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import _measure
 import _report
 
 SECTION = "train-step-cost"
@@ -105,12 +106,19 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     """Seconds per step of every row, per setting `b{batch}t{threads}`, one sample per round."""
     import torch
 
+    keep_memory = _measure.keep_freed_memory()
     rows = build_rows(args.num_classes, args.seed)
     gen = torch.Generator().manual_seed(args.seed)
     batches = {b: (torch.randn(b, 3, 224, 224, generator=gen), torch.randint(0, args.num_classes, (b,), generator=gen))
                for b in args.batches}
     settings = [(t, b) for t in args.threads for b in args.batches]
     seconds: dict[str, dict[str, list[float]]] = {f"b{b}t{t}": {r: [] for r in rows} for t, b in settings}
+    # Before any timing, every row runs two steps at the largest batch: the heap grows to its high-water mark
+    # once, so no timed step pays first-touch page faults (with keep_freed_memory nothing is handed back later).
+    torch.set_num_threads(max(args.threads))
+    for step in rows.values():
+        for _ in range(2):
+            step(*batches[max(args.batches)])
     load_before = os.getloadavg()
     order, rng = list(rows), random.Random(args.seed)
     for r in range(args.rounds):
@@ -123,7 +131,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 s = time_row(rows[name], *batches[b], args.steps)
                 seconds[f"b{b}t{t}"][name].append(s)
                 print(f"  {name:12s} {s:6.3f} s", flush=True)
-    return {"seconds": seconds, "load_before": load_before, "load_after": os.getloadavg()}
+    return {"seconds": seconds, "load_before": load_before, "load_after": os.getloadavg(),
+            "keep_freed_memory": keep_memory}
 
 
 def ratios(samples: dict[str, list[float]], name: str) -> list[float]:
@@ -180,7 +189,12 @@ def render(args: argparse.Namespace, command: str, meas: dict[str, Any], total_s
         "teacher; relation rows use the default `DistillConfig` terms (Q-Q, K-K, V-V; relation heads = student "
         "heads; hidden chunk 1024 ≥ 197 tokens). A cell is the median over "
         f"{args.rounds} round(s) of the median of {args.steps} timed steps after one untimed step; ×plain pairs each "
-        "row with the plain step of the same round (rows run in shuffled order per round), median over rounds.",
+        "row with the plain step of the same round (rows run in shuffled order per round), median over rounds. "
+        "Before timing, every row ran two steps at the largest batch, and "
+        + ("glibc was told to keep freed memory (`_measure.keep_freed_memory`), so rows sharing the process "
+           "do not page-fault each other's activations back in (the steady state of a single-model run)."
+           if meas.get("keep_freed_memory") else "the allocator was left as is (not glibc): rows sharing the "
+           "process may page-fault each other's activations back in."),
         "",
         markdown_table(table(args, meas)),
         "",
