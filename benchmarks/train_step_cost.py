@@ -4,6 +4,7 @@ One step is forward + backward + AdamW step + zero_grad on a seeded random batch
 data or weights, so `pretrained=False` models and no ImageNet are needed). Rows, side by side in one run:
 
     plain        timm `deit_small_patch16_224`, cross-entropy
+    plain_teacher  the plain step plus a no-grad forward of the teacher: the floor under every KD row
     mux_ce       `vc.multiplex(teacher, MultiplexConfig(share=2))`, `DistillConfig.off()` (CE only)
     mux_logits   + logit KD from the teacher (attn_weight=0, hidden_weight=0)
     mux_attn     + Q/K/V relations on all layers (attn_layers="all", hidden_weight=0)
@@ -40,6 +41,7 @@ SECTION = "train-step-cost"
 ARCH = "deit_small_patch16_224"
 ROWS = {
     "plain": "plain timm step (CE)",
+    "plain_teacher": "plain timm step + a no-grad teacher forward (what any KD step pays)",
     "mux_ce": "multiplex share=2, CE only",
     "mux_logits": "+ logit KD",
     "mux_attn": "+ Q/K/V relations, all layers",
@@ -76,7 +78,13 @@ def build_rows(num_classes: int, seed: int) -> dict[str, Callable[[Any, Any], fl
         return step
 
     teacher = fresh().eval()
-    rows = {"plain": stepper(fresh(), lambda m, x, y: (F.cross_entropy(m(x), y), {}))}
+    def plain_with_teacher(m: Any, x: Any, y: Any) -> tuple[Any, dict]:
+        with torch.no_grad():
+            teacher(x)
+        return F.cross_entropy(m(x), y), {}
+
+    rows = {"plain": stepper(fresh(), lambda m, x, y: (F.cross_entropy(m(x), y), {})),
+            "plain_teacher": stepper(fresh(), plain_with_teacher)}
     configs = {
         "mux_ce": vc.DistillConfig.off(),
         "mux_logits": vc.DistillConfig(attn_weight=0.0, hidden_weight=0.0),
