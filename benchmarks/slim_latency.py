@@ -290,6 +290,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="pruned variants to build (the teacher is always timed)")
     p.add_argument("--min-run-time", type=float, default=0.5, help="seconds timed per latency cell")
     p.add_argument("--seed", type=int, default=0, help="seed of the random mask values")
+    p.add_argument("--work", type=Path, help="where the exported ONNX files go (default: out/bench-slim-latency; "
+                                             "with --quick: beside --md)")
     p.add_argument("--md", type=Path, help="Markdown file to write the section into (default: BENCHMARKS.md; "
                                            "with --quick: out/bench-slim-latency-quick/BENCHMARKS.md)")
     args = p.parse_args(argv)
@@ -298,6 +300,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.budgets = args.budgets or ([0.6] if args.quick else [0.8, 0.6, 0.4])
     args.rounds = args.rounds or (1 if args.quick else 3)
     args.md = args.md or (Path("out/bench-slim-latency-quick/BENCHMARKS.md") if args.quick else Path("BENCHMARKS.md"))
+    # Exports of DeiT-S size are ~20 MB each: under out/ (git-ignored), never beside BENCHMARKS.md in the repo root.
+    args.work = args.work or (args.md.parent if args.quick else Path("out/bench-slim-latency"))
     return args
 
 
@@ -313,7 +317,7 @@ def main(argv: list[str] | None = None) -> None:
         by_runtime = {}
         for runtime in args.runtimes:
             print(f"{arch}: {runtime}", flush=True)
-            runners = runners_for(models, runtime, args.md.parent / "onnx" / arch)
+            runners = runners_for(models, runtime, args.work / "onnx" / arch)
             by_runtime[runtime] = measure_models(models, args.rounds, args.threads, args.min_run_time,
                                                  tuple(args.batches), warmup=few_warmups_for_big_batches,
                                                  runners=runners, runtime=None if runners is None else
