@@ -213,7 +213,8 @@ def render(args: argparse.Namespace, command: str, results: dict[str, dict], tot
     from vitcompress.report import markdown_table
 
     lines = [
-        *_report.heading("## ViT-Slim latency at ImageNet size (DeiT-Ti/S, 224², CPU)", command, args.quick),
+        *_report.heading("## ViT-Slim latency at ImageNet size (DeiT-Ti/S, 224², CPU)"
+                         + ("" if args.section == SECTION else f": {', '.join(args.runtimes)}"), command, args.quick),
         "What an extracted model gains in CPU latency against its MACs ratio, at real DeiT shapes (197 tokens). "
         "`pretrained=False` models with seeded random mask values (latency depends on the structure, not the "
         "weights); random masks leave every layer with heads of many widths, the hardest case for the extracted "
@@ -273,7 +274,7 @@ def speedup_figure(args: argparse.Namespace, arch: str, by_runtime: dict[str, di
                                    "speedup": statistics.median(speedups(meas, name, b, t))})
     out = args.md.parent / "figures"
     out.mkdir(parents=True, exist_ok=True)
-    return plots.plot_speedup(points, out / f"slim-latency-{arch}.png")
+    return plots.plot_speedup(points, out / f"{args.section}-{arch}.png")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -290,6 +291,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="pruned variants to build (the teacher is always timed)")
     p.add_argument("--min-run-time", type=float, default=0.5, help="seconds timed per latency cell")
     p.add_argument("--seed", type=int, default=0, help="seed of the random mask values")
+    p.add_argument("--section", default=SECTION,
+                   help=f"BENCHMARKS.md section to write (default: {SECTION}); another name keeps a partial grid, "
+                        "e.g. one runtime timed later, beside the main one")
     p.add_argument("--work", type=Path, help="where the exported ONNX files go (default: out/bench-slim-latency; "
                                              "with --quick: beside --md)")
     p.add_argument("--md", type=Path, help="Markdown file to write the section into (default: BENCHMARKS.md; "
@@ -324,10 +328,11 @@ def main(argv: list[str] | None = None) -> None:
                                                  ("onnxruntime" if runtime == "onnxruntime" else "eager"))
         results[arch] = {"measurements": by_runtime, "selections": infos}
     body = render(args, command, results, time.perf_counter() - start)
-    out = args.md.parent / "slim_latency.json" if args.quick else Path("out/bench-slim-latency/results.json")
+    out = (args.md.parent / "slim_latency.json" if args.quick else
+           args.work / ("results.json" if args.section == SECTION else f"{args.section}.json"))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
-    _report.publish(args.md, SECTION, body)
+    _report.publish(args.md, args.section, body)
 
 
 if __name__ == "__main__":
