@@ -39,8 +39,8 @@ def keep_freed_memory() -> bool:
     A benchmark that alternates between models in one process pays page faults a long single-model run does not:
     glibc trims the heap one model freed and the next zero-fills those pages again. (A distillation step at DeiT-S
     224, batch 8, faults ~0.5 M pages in its first step, ~0.2 M in its second and none after; alternating the rows
-    of `train_step_cost.py` for 4 rounds took 1.47 M faults, 0.86 M with this, and each row's step got up to 15%
-    faster, the heaviest rows most.) Fixing the mmap threshold at its 64-bit maximum (32 MiB) and trimming only
+    of `train_step_cost.py` for 4 rounds took 1.47 M faults, 0.86 M with this, and the rows' median steps got 7%
+    (plain) to 17% (Q/K/V relations) faster.) Fixing the mmap threshold at its 64-bit maximum (32 MiB) and trimming only
     past 2 GiB lets every row run at the steady state it stands for.
     """
     if not sys.platform.startswith("linux"):
