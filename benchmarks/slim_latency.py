@@ -13,6 +13,7 @@ widths; a real search's masks are at least as regular). For each budget B of the
     slim_m8     `select(macs=B, multiple_of=8)`: every head width and MLP width a multiple of 8 (hardware-aligned)
     uniform     every layer keeps the same share of dims per head and of MLP units (largest ℓ1 first), as in the
                 method benchmarks: a plain timm-shaped model, the reference for what a width cut can gain
+    uniform_copy  the uniform cut extracted a second time (noise control: an identical model in its own row)
     tp          Torch-Pruning's Taylor importance (global ranking) at the same MACs, its own pruned timm model
                 (gradients of CE on seeded random images: latency depends on the structure only)
 
@@ -47,6 +48,7 @@ VARIANTS = {
     "slim_m8": "ViT-Slim (attention + MLP), multiple_of=8",
     "slim_tokens": "ViT-Slim (attention + MLP + tokens)",
     "uniform": "uniform ℓ1 magnitude",
+    "uniform_copy": "uniform ℓ1 magnitude, second copy (noise control)",
     "tp": "Torch-Pruning (Taylor)",
 }
 SLIM_VARIANTS = ("slim", "slim_eq", "slim_m8", "slim_tokens")
@@ -86,6 +88,9 @@ def build_models(arch: str, budgets: list[float], seed: int, variants: list[str]
         "slim_m8": lambda b: (dims, vc.select(dims, macs=b, multiple_of=8)),
         "slim_tokens": lambda b: (tokens, vc.select(tokens, macs=b)),
         "uniform": lambda b: (teacher, _baselines.uniform_selection(teacher, b)),
+        # The same model extracted again: an independent instance timed as its own row, so the report can say how
+        # often noise alone makes a model "slower" than an identical one.
+        "uniform_copy": lambda b: (teacher, _baselines.uniform_selection(teacher, b)),
         "tp": lambda b: torch_pruning(teacher, b, size, seed),
     }
     models, infos = {"teacher": (teacher, size)}, {}
@@ -190,22 +195,38 @@ def best_runtime_lines(args: argparse.Namespace, arch: str, by_runtime: dict[str
                        f"best runtime {'**met**' if met else '**NOT met**'} — {detail}.")
     if "uniform" not in args.variants:
         return out
-    slower = []
+    slim = [v for v in args.variants if v in SLIM_VARIANTS]
+    slower = [f"{cell}: {r:.2f}×" for v in slim for cell, r in ratios_to_uniform(args, by_runtime, v) if r > 1]
+    out.append(f"- {arch}: ViT-Slim never slower than the uniform cut at equal MACs (latency / the uniform cut's "
+               "latency in the same round, median over rounds) "
+               f"{'**met**' if not slower else '**NOT met**'}"
+               + (f" — slower in {len(slower)} cell(s): {'; '.join(slower)}." if slower else "."))
+    medians = [(v, statistics.median(r for _, r in ratios_to_uniform(args, by_runtime, v)))
+               for v in [*slim, "uniform_copy"] if v in args.variants]
+    out.append(f"- {arch}: latency / the uniform cut's, median over each variant's cells: "
+               + "; ".join(f"{VARIANTS[v]} {m:.2f}" for v, m in medians) + ".")
+    if "uniform_copy" in args.variants:
+        control = ratios_to_uniform(args, by_runtime, "uniform_copy")
+        rs = [r for _, r in control]
+        out.append(f"- {arch}: noise control — the uniform cut's second copy (the same model) reads as slower than "
+                   f"the uniform cut in {sum(r > 1 for r in rs)} of {len(rs)} cells (ratios {min(rs):.2f}–"
+                   f"{max(rs):.2f}): how often a per-cell comparison calls an equally fast model slower here.")
+    return out
+
+
+def ratios_to_uniform(args: argparse.Namespace, by_runtime: dict[str, dict], variant: str
+                      ) -> list[tuple[str, float]]:
+    """Per cell (runtime, batch, threads, budget): the variant's latency over the uniform cut's, each round paired
+    with the same round (like the speedups), median over rounds."""
+    out = []
     for rt, m in by_runtime.items():
         for t in args.threads:
             for b in args.batches:
                 for budget in args.budgets:
                     uniform = m["models"][f"uniform/{budget:.0%}"][key(b, t)]
-                    for variant in [v for v in args.variants if v in SLIM_VARIANTS]:
-                        # Paired like the speedups: each round's latency over the uniform cut's of that round.
-                        own = m["models"][f"{variant}/{budget:.0%}"][key(b, t)]
-                        ratio = statistics.median(x / u for x, u in zip(own, uniform, strict=True))
-                        if ratio > 1:
-                            slower.append(f"{rt} b{b} t{t} {variant} {budget:.0%}: {ratio:.2f}×")
-    out.append(f"- {arch}: ViT-Slim never slower than the uniform cut at equal MACs (latency / the uniform cut's "
-               "latency in the same round, median over rounds) "
-               f"{'**met**' if not slower else '**NOT met**'}"
-               + (f" — slower in {len(slower)} cell(s): {'; '.join(slower)}." if slower else "."))
+                    own = m["models"][f"{variant}/{budget:.0%}"][key(b, t)]
+                    ratio = statistics.median(x / u for x, u in zip(own, uniform, strict=True))
+                    out.append((f"{rt} b{b} t{t} {variant} {budget:.0%}", ratio))
     return out
 
 
@@ -223,7 +244,9 @@ def render(args: argparse.Namespace, command: str, results: dict[str, dict], tot
         "SDPA call per layer); with token masks too (the kept tokens are gathered where they drop); and the "
         "uniform ℓ1 cut (same dims share per head and MLP share in every layer, as in the method benchmarks); "
         "`select(macs=B, multiple_of=8)` (every head and MLP width a multiple of 8); and Torch-Pruning's own "
-        "Taylor-pruned model at the same MACs. Runtimes: torch eager, `torch.compile` (one compilation per model, "
+        "Taylor-pruned model at the same MACs; the uniform cut extracted a second time is timed as its own row, "
+        "a noise control (an identical model: how far two equally fast models read apart here). "
+        "Runtimes: torch eager, `torch.compile` (one compilation per model, "
         "untimed warm-up) and onnxruntime (one `vc.export_onnx` per model, checked against torch). "
         f"`vitcompress.metrics.measure_latency`, {args.min_run_time} s timed per cell, {args.rounds} rounds over all "
         "models of an architecture in shuffled order, per runtime; a cell is the median over rounds [min–max]; "
@@ -266,7 +289,7 @@ def speedup_figure(args: argparse.Namespace, arch: str, by_runtime: dict[str, di
     for meas in by_runtime.values():
         full = meas["models"]["teacher"]["macs"]
         for name, m in meas["models"].items():
-            if name == "teacher":
+            if name == "teacher" or name.startswith("uniform_copy/"):  # the control would hide the uniform cut
                 continue
             for t in args.threads:
                 for b in args.batches:

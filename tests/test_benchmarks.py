@@ -55,6 +55,29 @@ def test_slim_latency_quick_runs_every_runtime(tmp_path):
     assert (tmp_path / "figures" / "slim-latency-deit_tiny_patch16_224.png").stat().st_size > 0
 
 
+def test_slim_latency_counts_cells_slower_than_uniform_and_the_noise_control(monkeypatch):
+    # Synthetic per-round latencies: the rule compares each round with the uniform cut's in the same round.
+    import importlib.util
+
+    monkeypatch.syspath_prepend(str(LATENCY.parent))
+    spec = importlib.util.spec_from_file_location("slim_latency", LATENCY)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    args = bench.parse_args(["--archs", "a", "--budgets", "0.6", "--batches", "32", "--threads", "1",
+                             "--variants", "slim", "slim_m8", "uniform", "uniform_copy"])
+    rounds = {"teacher": [10.0, 10.0, 10.0], "uniform/60%": [6.0, 6.0, 6.0],
+              "slim/60%": [6.6, 5.4, 6.3],          # paired ratios 1.1, 0.9, 1.05: median 1.05, slower
+              "slim_m8/60%": [5.7, 6.6, 5.4],       # 0.95, 1.1, 0.9: median 0.95, not slower
+              "uniform_copy/60%": [6.3, 6.6, 5.7]}  # 1.05, 1.1, 0.95: median 1.05, the control reads slower
+    meas = {"models": {n: {"macs": 6e9 if n != "teacher" else 1e10, "lat32t1": r} for n, r in rounds.items()}}
+    lines = bench.best_runtime_lines(args, "a", {"eager": meas})
+    never_slower = next(ln for ln in lines if "never slower" in ln)
+    assert "**NOT met** — slower in 1 cell(s): eager b32 t1 slim 60%: 1.05×." in never_slower
+    assert "ViT-Slim (attention + MLP) 1.05; ViT-Slim (attention + MLP), multiple_of=8 0.95" in "\n".join(lines)
+    control = next(ln for ln in lines if "noise control —" in ln)
+    assert "in 1 of 1 cells (ratios 1.05–1.05)" in control
+
+
 METHODS = Path(__file__).resolve().parents[1] / "benchmarks" / "methods.py"
 
 
