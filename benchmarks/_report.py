@@ -14,6 +14,7 @@ import os
 import platform
 import re
 import statistics
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -44,8 +45,21 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+def commit() -> str:
+    """The checkout's short commit, marked when tracked files differ from it ("unknown" outside a git checkout)."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                              check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head.stdout.strip() + (" + uncommitted changes" if dirty.stdout.strip() else "")
+
+
 def machine() -> dict[str, str]:
-    """What a reader needs to compare timings: CPU, cores, OS, Python/torch/timm versions and the date."""
+    """What a reader needs to compare timings: CPU, cores, OS, Python/torch/timm versions, the date and the code."""
     import timm
     import torch
 
@@ -57,6 +71,7 @@ def machine() -> dict[str, str]:
         "torch": torch.__version__,
         "timm": timm.__version__,
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "commit": commit(),
     }
 
 

@@ -478,7 +478,7 @@ def render(suite: str, command: str, summary: list[dict[str, Any]], pngs: list[t
         f"{'their recipe' if b.teacher is None else f'{b.teacher} epochs'}, seed 0, one run. Seeds "
         f"{', '.join(map(str, args.seeds))}; top-1 mean ± sample std over them, scored here on the saved models "
         f"(`vc.evaluate` on the val split); params count shared weights once; MACs per image, attention included. "
-        f"Every run used {args.threads} torch thread(s); git commit {_commit()}.",
+        f"Every run used {args.threads} torch thread(s).",
         "",
         table(summary, teacher),
         "",
@@ -515,14 +515,6 @@ def commands(summary: list[dict[str, Any]], threads: int) -> list[str]:
             lines.append(f"OMP_NUM_THREADS={threads} vitcompress {shlex.join(argv)}" if argv else
                          "# (cut in process: benchmarks/_baselines.py prune_saved)")
     return lines
-
-
-def _commit() -> str:
-    import subprocess
-
-    proc = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--", "src"], cwd=ROOT, capture_output=True, text=True)
-    return (proc.stdout.strip() or "unknown") + (" (src modified)" if dirty.stdout.strip() else "")
 
 
 # --------------------------------------------------------------------------------------------------------- main

@@ -27,7 +27,6 @@ import os
 import random
 import shlex
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -173,23 +172,13 @@ def target_lines(args: argparse.Namespace, meas: dict[str, Any]) -> list[str]:
     return out
 
 
-def commit() -> str:
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, check=True)
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head.stdout.strip() + (" + uncommitted changes" if dirty.stdout.strip() else "")
-
-
 def render(args: argparse.Namespace, command: str, meas: dict[str, Any], total_s: float) -> str:
     from vitcompress.report import markdown_table
 
     lb, la = meas["load_before"], meas["load_after"]
     lines = [
         *_report.heading("## Training-step cost at DeiT-S 224 (CPU)", command, args.quick),
-        f"Commit: {commit()} | OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}",
+        f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}",
         "",
         f"Seconds per training step (forward + backward + AdamW step) of `{ARCH}` (`pretrained=False`, "
         f"{args.num_classes} classes) on a seeded random batch, and the ratio to the plain timm step. Multiplexed "
