@@ -63,13 +63,14 @@ def few_warmups_for_big_batches(batch: int) -> int:
 def measure_models(models: dict[str, tuple[Any, tuple[int, ...]]], rounds: int, threads: list[int],
                    min_run_time: float, batches: tuple[int, ...] = LATENCY_BATCHES,
                    warmup: Callable[[int], int] | None = None,
-                   runners: dict[str, Any] | None = None, runtime: str | None = None) -> dict[str, Any]:
+                   runners: dict[str, Any] | None = None, runtime: str | None = None,
+                   device: str = "cpu") -> dict[str, Any]:
     """Params, MACs, attention calls and latency of every (model, input size); latency in `rounds` shuffled passes
     over all of them, stored under `key(batch, threads)`, one sample per round (that measurement's median).
 
     `warmup(batch)` gives the untimed forwards before each measurement; None keeps `measure_latency`'s default.
     `runners` (name -> what to time: a compiled module, an .onnx path) replace the models in the timing only, run
-    by `measure_latency(runtime=runtime)`; params and MACs are always the models'.
+    by `measure_latency(runtime=runtime)`; params and MACs are always the models'. The models must be on `device`.
     """
     import vitcompress as vc
 
@@ -93,7 +94,7 @@ def measure_models(models: dict[str, tuple[Any, tuple[int, ...]]], rounds: int, 
                 for batch in batches:
                     extra = {} if warmup is None else {"warmup": warmup(batch)}
                     result = vc.measure_latency(timed, size, batch_size=batch, threads=t, min_run_time=min_run_time,
-                                                **extra, **runtime_kwargs)
+                                                device=device, **extra, **runtime_kwargs)
                     out[name][key(batch, t)].append(result.median_ms)
     return {"models": out, "load_before": load_before, "load_after": os.getloadavg()}
 

@@ -63,9 +63,11 @@ def machine() -> dict[str, str]:
     import timm
     import torch
 
+    gpu = {"GPU": torch.cuda.get_device_name()} if torch.cuda.is_available() else {}
     return {
         "CPU": cpu_model(),
         "cores": str(usable_cores()),
+        **gpu,
         "OS": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(),
         "torch": torch.__version__,

@@ -24,6 +24,11 @@ per architecture, a figure of measured speedup against the MACs ratio (figures/ 
 
     python benchmarks/slim_latency.py            # DeiT-Ti and DeiT-S, 3 runtimes, 3 rounds (hours on 2 CPU cores)
     python benchmarks/slim_latency.py --quick    # DeiT-Ti, 1 round: checks the script, not the numbers
+    python benchmarks/slim_latency.py --device cuda --dtype fp16   # GPU, eager: does multiple_of=8 pay off there?
+
+On a GPU the models run in the given dtype (fp16 Tensor Cores and flash attention want widths that are multiples
+of 8, which is what `multiple_of=8` is for); onnxruntime runs on CPU here, so `--device cuda` times torch eager
+(default) and, if asked, `torch.compile`, and writes its own section (`slim-latency-gpu-<dtype>`).
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ import _report
 from _measure import few_warmups_for_big_batches, key, measure_models, speedups
 
 SECTION = "slim-latency"
+DTYPES = ("fp32", "fp16", "bf16")
 VARIANTS = {
     "slim": "ViT-Slim (attention + MLP)",
     "slim_eq": "ViT-Slim (attention + MLP), equal heads",
@@ -234,9 +240,10 @@ def render(args: argparse.Namespace, command: str, results: dict[str, dict], tot
     from vitcompress.report import markdown_table
 
     lines = [
-        *_report.heading("## ViT-Slim latency at ImageNet size (DeiT-Ti/S, 224², CPU)"
+        *_report.heading(f"## ViT-Slim latency at ImageNet size (DeiT-Ti/S, 224², {where(args)})"
                          + ("" if args.section == SECTION else f": {', '.join(args.runtimes)}"), command, args.quick),
-        "What an extracted model gains in CPU latency against its MACs ratio, at real DeiT shapes (197 tokens). "
+        f"What an extracted model gains in {where(args)} latency against its MACs ratio, at real DeiT shapes "
+        "(197 tokens). "
         "`pretrained=False` models with seeded random mask values (latency depends on the structure, not the "
         "weights); random masks leave every layer with heads of many widths, the hardest case for the extracted "
         "layout. Per budget: ViT-Slim `select(macs=B)` (share mode) + `extract` over attention + MLP masks "
@@ -278,6 +285,12 @@ def render(args: argparse.Namespace, command: str, results: dict[str, dict], tot
     return "\n".join(lines)
 
 
+def where(args: argparse.Namespace) -> str:
+    """The device and dtype the models ran in, as the title says it: "CPU", "CUDA fp16", ..."""
+    device = "CPU" if args.device == "cpu" else args.device.upper()
+    return device + ("" if args.dtype == "fp32" else f" {args.dtype}")
+
+
 def speedup_figure(args: argparse.Namespace, arch: str, by_runtime: dict[str, dict]) -> Path | None:
     """Speedup (median over rounds) against MACs ratio, one point per model and setting, with the ideal line."""
     from vitcompress.report import plots
@@ -307,21 +320,41 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                               "deit_small_patch16_224)")
     p.add_argument("--budgets", type=float, nargs="+", help="MACs budgets (default: 0.8 0.6 0.4)")
     p.add_argument("--batches", type=int, nargs="+", default=[1, 32], help="batch sizes (default: 1 32)")
-    p.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch CPU threads (default: 1 2)")
+    p.add_argument("--threads", type=int, nargs="+", help="torch CPU threads (default: 1 2; with --device cuda: 1)")
     p.add_argument("--rounds", type=int, help="latency rounds over all models (default: 3; --quick: 1)")
-    p.add_argument("--runtimes", nargs="+", choices=RUNTIMES, default=list(RUNTIMES), help="runtimes to time in")
+    p.add_argument("--runtimes", nargs="+", choices=RUNTIMES,
+                   help="runtimes to time in (default: all three; with --device cuda: eager)")
+    p.add_argument("--device", default="cpu", help="torch device the models run on: cpu (default) or cuda[:N]")
+    p.add_argument("--dtype", choices=DTYPES, default="fp32", help="model and input dtype (default: fp32)")
     p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
                    help="pruned variants to build (the teacher is always timed)")
     p.add_argument("--min-run-time", type=float, default=0.5, help="seconds timed per latency cell")
     p.add_argument("--seed", type=int, default=0, help="seed of the random mask values")
-    p.add_argument("--section", default=SECTION,
-                   help=f"BENCHMARKS.md section to write (default: {SECTION}); another name keeps a partial grid, "
-                        "e.g. one runtime timed later, beside the main one")
+    p.add_argument("--section",
+                   help=f"BENCHMARKS.md section to write (default: {SECTION}; slim-latency-[gpu-]<dtype> for "
+                        "another device or dtype); "
+                        "another name keeps a partial grid, e.g. one runtime timed later, beside the main one")
     p.add_argument("--work", type=Path, help="where the exported ONNX files go (default: out/bench-slim-latency; "
                                              "with --quick: beside --md)")
     p.add_argument("--md", type=Path, help="Markdown file to write the section into (default: BENCHMARKS.md; "
                                            "with --quick: out/bench-slim-latency-quick/BENCHMARKS.md)")
     args = p.parse_args(argv)
+    gpu = args.device != "cpu"
+    if gpu:
+        import torch
+
+        if not args.device.startswith("cuda") or not torch.cuda.is_available():
+            p.error(f"--device {args.device}: this machine has no such device; use --device cpu, or cuda on a "
+                    "machine with a CUDA GPU")
+    args.runtimes = args.runtimes or (["eager"] if gpu else list(RUNTIMES))
+    if gpu and "onnxruntime" in args.runtimes:
+        p.error("--runtimes onnxruntime runs on CPU only here; drop it with --device cuda (or time it with "
+                "--device cpu)")
+    if args.dtype != "fp32" and "onnxruntime" in args.runtimes:
+        p.error(f"--dtype {args.dtype} is timed in torch only; drop onnxruntime from --runtimes or use --dtype fp32")
+    args.threads = args.threads or ([1] if gpu else [1, 2])
+    default_setting = not gpu and args.dtype == "fp32"
+    args.section = args.section or (SECTION if default_setting else f"slim-latency-{'gpu-' * gpu}{args.dtype}")
     args.archs = args.archs or (["deit_tiny_patch16_224"] if args.quick else
                                 ["deit_tiny_patch16_224", "deit_small_patch16_224"])
     args.budgets = args.budgets or ([0.6] if args.quick else [0.8, 0.6, 0.4])
@@ -333,22 +366,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
+    import torch
+
     start = time.perf_counter()
     raw = sys.argv[1:] if argv is None else argv
     args = parse_args(raw)
     command = shlex.join(["python", "benchmarks/slim_latency.py", *raw])
+    # A GPU pass costs milliseconds: enough untimed ones to settle cuBLAS/SDPA kernel choice and clocks.
+    warmup = few_warmups_for_big_batches if args.device == "cpu" else (lambda batch: 10)
     results = {}
     for arch in args.archs:
         print(f"{arch}: building", flush=True)
         models, infos = build_models(arch, args.budgets, args.seed, args.variants)
+        dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
+        models = {name: (m.to(device=args.device, dtype=dtype), size)
+                  for name, (m, size) in models.items()}
         by_runtime = {}
         for runtime in args.runtimes:
             print(f"{arch}: {runtime}", flush=True)
             runners = runners_for(models, runtime, args.work / "onnx" / arch)
             by_runtime[runtime] = measure_models(models, args.rounds, args.threads, args.min_run_time,
-                                                 tuple(args.batches), warmup=few_warmups_for_big_batches,
-                                                 runners=runners, runtime=None if runners is None else
-                                                 ("onnxruntime" if runtime == "onnxruntime" else "eager"))
+                                                 tuple(args.batches), warmup=warmup, runners=runners,
+                                                 runtime=None if runners is None else
+                                                 ("onnxruntime" if runtime == "onnxruntime" else "eager"),
+                                                 device=args.device)
         results[arch] = {"measurements": by_runtime, "selections": infos}
     body = render(args, command, results, time.perf_counter() - start)
     out = (args.md.parent / "slim_latency.json" if args.quick else

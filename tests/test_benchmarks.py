@@ -55,14 +55,41 @@ def test_slim_latency_quick_runs_every_runtime(tmp_path):
     assert (tmp_path / "figures" / "slim-latency-deit_tiny_patch16_224.png").stat().st_size > 0
 
 
-def test_slim_latency_counts_cells_slower_than_uniform_and_the_noise_control(monkeypatch):
-    # Synthetic per-round latencies: the rule compares each round with the uniform cut's in the same round.
+def load_slim_latency(monkeypatch):
     import importlib.util
 
-    monkeypatch.syspath_prepend(str(LATENCY.parent))
+    monkeypatch.syspath_prepend(str(LATENCY.parent))  # its own imports (_measure, _report) live beside it
     spec = importlib.util.spec_from_file_location("slim_latency", LATENCY)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
+    return bench
+
+
+@pytest.mark.slow
+def test_slim_latency_times_another_dtype_in_its_own_section(tmp_path):
+    md = tmp_path / "BENCHMARKS.md"
+    args = ["--quick", "--dtype", "bf16", "--runtimes", "eager", "--batches", "1", "--threads", "1",
+            "--min-run-time", "0.02", "--variants", "slim_m8", "--md", str(md)]
+    result = subprocess.run([sys.executable, str(LATENCY), *args], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    section = md.read_text().split("<!-- begin:slim-latency-bf16 -->", 1)[1]
+    assert "(DeiT-Ti/S, 224², CPU bf16)" in section and "multiple_of=8, 60% MACs" in section
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--device", "tpu"], "--device tpu: this machine has no such device"),
+    (["--dtype", "fp16", "--runtimes", "onnxruntime"], "--dtype fp16 is timed in torch only"),
+])
+def test_slim_latency_refuses_a_setting_it_cannot_time(monkeypatch, capsys, argv, message):
+    bench = load_slim_latency(monkeypatch)
+    with pytest.raises(SystemExit):
+        bench.parse_args(argv)
+    assert message in capsys.readouterr().err
+
+
+def test_slim_latency_counts_cells_slower_than_uniform_and_the_noise_control(monkeypatch):
+    # Synthetic per-round latencies: the rule compares each round with the uniform cut's in the same round.
+    bench = load_slim_latency(monkeypatch)
     args = bench.parse_args(["--archs", "a", "--budgets", "0.6", "--batches", "32", "--threads", "1",
                              "--variants", "slim", "slim_m8", "uniform", "uniform_copy"])
     rounds = {"teacher": [10.0, 10.0, 10.0], "uniform/60%": [6.0, 6.0, 6.0],
