@@ -46,13 +46,15 @@ def usable_cores() -> int:
 
 
 def commit() -> str:
-    """The checkout's short commit, marked when tracked files differ from it ("unknown" outside a git checkout)."""
+    """The checkout's short commit, marked when its code (src/, benchmarks/) differs from it; "unknown" outside a
+    git checkout. BENCHMARKS.md and figures/ are left out: an earlier section written in this checkout is no code
+    change."""
     root = Path(__file__).resolve().parents[1]
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
                               check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "src", "benchmarks"],
+                               cwd=root, capture_output=True, text=True, check=True)
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return head.stdout.strip() + (" + uncommitted changes" if dirty.stdout.strip() else "")
