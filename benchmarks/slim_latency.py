@@ -47,7 +47,7 @@ import _report
 from _measure import few_warmups_for_big_batches, key, measure_models, speedups
 
 SECTION = "slim-latency"
-DTYPES = ("fp32", "fp16", "bf16")
+DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}  # --dtype -> torch's name
 VARIANTS = {
     "slim": "ViT-Slim (attention + MLP)",
     "slim_eq": "ViT-Slim (attention + MLP), equal heads",
@@ -203,18 +203,17 @@ def best_runtime_lines(args: argparse.Namespace, arch: str, by_runtime: dict[str
     if "uniform" not in args.variants:
         return out
     slim = [v for v in args.variants if v in SLIM_VARIANTS]
-    slower = [f"{cell}: {r:.2f}×" for v in slim for cell, r in ratios_to_uniform(args, by_runtime, v) if r > 1]
+    ratios = {v: ratios_to_uniform(args, by_runtime, v) for v in [*slim, "uniform_copy"] if v in args.variants}
+    slower = [f"{cell}: {r:.2f}×" for v in slim for cell, r in ratios[v] if r > 1]
     out.append(f"- {arch}: ViT-Slim never slower than the uniform cut at equal MACs (latency / the uniform cut's "
                "latency in the same round, median over rounds) "
                f"{'**met**' if not slower else '**NOT met**'}"
                + (f" — slower in {len(slower)} cell(s): {'; '.join(slower)}." if slower else "."))
-    medians = [(v, statistics.median(r for _, r in ratios_to_uniform(args, by_runtime, v)))
-               for v in [*slim, "uniform_copy"] if v in args.variants]
     out.append(f"- {arch}: latency / the uniform cut's, median over each variant's cells: "
-               + "; ".join(f"{VARIANTS[v]} {m:.2f}" for v, m in medians) + ".")
-    if "uniform_copy" in args.variants:
-        control = ratios_to_uniform(args, by_runtime, "uniform_copy")
-        rs = [r for _, r in control]
+               + "; ".join(f"{VARIANTS[v]} {statistics.median(r for _, r in cells):.2f}"
+                           for v, cells in ratios.items()) + ".")
+    if "uniform_copy" in ratios:
+        rs = [r for _, r in ratios["uniform_copy"]]
         out.append(f"- {arch}: noise control — the uniform cut's second copy (the same model) reads as slower than "
                    f"the uniform cut in {sum(r > 1 for r in rs)} of {len(rs)} cells (ratios {min(rs):.2f}–"
                    f"{max(rs):.2f}): how often a per-cell comparison calls an equally fast model slower here.")
@@ -326,7 +325,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--runtimes", nargs="+", choices=RUNTIMES,
                    help="runtimes to time in (default: all three; with --device cuda: eager)")
     p.add_argument("--device", default="cpu", help="torch device the models run on: cpu (default) or cuda[:N]")
-    p.add_argument("--dtype", choices=DTYPES, default="fp32", help="model and input dtype (default: fp32)")
+    p.add_argument("--dtype", choices=list(DTYPES), default="fp32", help="model and input dtype (default: fp32)")
     p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
                    help="pruned variants to build (the teacher is always timed)")
     p.add_argument("--min-run-time", type=float, default=0.5, help="seconds timed per latency cell")
@@ -376,10 +375,10 @@ def main(argv: list[str] | None = None) -> None:
     # A GPU pass costs milliseconds: enough untimed ones to settle cuBLAS/SDPA kernel choice and clocks.
     warmup = few_warmups_for_big_batches if args.device == "cpu" else (lambda batch: 10)
     results = {}
+    dtype = getattr(torch, DTYPES[args.dtype])
     for arch in args.archs:
         print(f"{arch}: building", flush=True)
         models, infos = build_models(arch, args.budgets, args.seed, args.variants)
-        dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
         models = {name: (m.to(device=args.device, dtype=dtype), size)
                   for name, (m, size) in models.items()}
         by_runtime = {}
